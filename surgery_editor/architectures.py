@@ -1,0 +1,159 @@
+"""Architecture facts, in one place.
+
+Model Surgery edits the rows of each layer's MLP *gate* projection: the matrix whose
+rows are dotted with the (normalised) residual stream to decide which MLP neurons fire.
+Everything the method needs to know about an architecture is one :class:`ArchSpec`:
+where that matrix lives, how its rows are laid out, and which RMSNorm/LayerNorm feeds it
+(only the norm-aware variant uses the norms). Interventions never name module paths.
+
+Add a family with :func:`register_architecture`; a YAML can override any template
+(``gate_module_tmp``, ``mlp_norm_tmp``, ``final_norm_module``) for a model that is not
+listed, in EasyEdit's ``{}``-template style.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """Where the editable matrix lives in one architecture family.
+
+    gate_module_tmp: module path of layer ``{}``'s gate projection.
+    rows_are_columns: ``True`` for GPT-2's ``Conv1D``, whose weight is stored
+        ``(d_in, d_out)``: one "row" (a neuron's input weights) is then a column.
+    mlp_norm_tmp: the norm whose output the gate reads (for the norm-aware variant).
+    final_norm_module: the final norm (``hidden_states[-1]`` is its output).
+    norm_gain_offset: the gain is ``offset + weight`` (Gemma's RMSNorm uses ``1 + w``).
+    """
+
+    gate_module_tmp: str
+    mlp_norm_tmp: Optional[str] = None
+    final_norm_module: Optional[str] = None
+    layers_module: str = "model.layers"
+    rows_are_columns: bool = False
+    norm_gain_offset: float = 0.0
+
+
+_LLAMA_LIKE = ArchSpec(
+    gate_module_tmp="model.layers.{}.mlp.gate_proj",
+    mlp_norm_tmp="model.layers.{}.post_attention_layernorm",
+    final_norm_module="model.norm",
+)
+_GEMMA = dataclasses.replace(_LLAMA_LIKE, norm_gain_offset=1.0)
+_GEMMA2_3 = dataclasses.replace(
+    _LLAMA_LIKE, mlp_norm_tmp="model.layers.{}.pre_feedforward_layernorm", norm_gain_offset=1.0
+)
+# GPT-2 has no gated MLP: we edit the first MLP projection c_fc (Conv1D, weight d x 4d),
+# whose column j is neuron j's input weights; see README "Architectures".
+_GPT2 = ArchSpec(
+    gate_module_tmp="transformer.h.{}.mlp.c_fc",
+    mlp_norm_tmp="transformer.h.{}.ln_2",
+    final_norm_module="transformer.ln_f",
+    layers_module="transformer.h",
+    rows_are_columns=True,
+)
+
+ARCHITECTURES: Dict[str, ArchSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,  # dense gate only if present; detection checks the module
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA2_3,
+    "gemma3": _GEMMA2_3,
+    "gemma3_text": _GEMMA2_3,
+    "gpt2": _GPT2,
+}
+
+
+def register_architecture(model_type: str, spec: ArchSpec, overwrite: bool = False) -> None:
+    """Register the layout of a transformers ``model_type``."""
+    if model_type in ARCHITECTURES and not overwrite:
+        raise ValueError(f"architecture {model_type!r} is already registered; pass overwrite=True")
+    ARCHITECTURES[model_type] = spec
+
+
+def _get_module(model: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def num_layers(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if n is None:
+        raise ValueError("model config has neither num_hidden_layers nor n_layer")
+    return int(n)
+
+
+def _has_weight(model: nn.Module, path: str) -> bool:
+    return getattr(_get_module(model, path), "weight", None) is not None
+
+
+def resolve_spec(model: nn.Module, overrides: Optional[Dict[str, Optional[str]]] = None) -> ArchSpec:
+    """The :class:`ArchSpec` of ``model``: the registered one for its ``model_type`` (for an
+    unregistered type, the first known layout whose gate exists), with any non-empty template
+    in ``overrides`` (``gate_module_tmp``, ``mlp_norm_tmp``, ``final_norm_module``) applied.
+
+    Raises ``ValueError`` naming the model type and every path looked for when no gate is found.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v and k in _OVERRIDABLE}
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in ARCHITECTURES:
+        candidates = [ARCHITECTURES[model_type]]
+    elif "gate_module_tmp" in overrides:
+        candidates = [ArchSpec(gate_module_tmp=overrides["gate_module_tmp"])]
+    else:
+        candidates = list(dict.fromkeys(ARCHITECTURES.values()))
+    candidates = [dataclasses.replace(c, **overrides) for c in candidates]
+    for spec in candidates:
+        if _has_weight(model, spec.gate_module_tmp.format(0)):
+            return spec
+    looked_for = ", ".join(repr(c.gate_module_tmp.format(0)) for c in candidates)
+    raise ValueError(
+        f"no gated-MLP gate projection found in model_type={model_type!r}: looked for {looked_for}. "
+        "Model Surgery edits the rows of each layer's MLP gate projection; set `gate_module_tmp` "
+        "in the hparams YAML (e.g. 'model.layers.{}.mlp.gate_proj') to the module that holds it, "
+        "or register the family with surgery_editor.architectures.register_architecture()."
+    )
+
+
+_OVERRIDABLE = {"gate_module_tmp", "mlp_norm_tmp", "final_norm_module"}
+
+
+def gate_param_name(spec: ArchSpec, layer: int) -> str:
+    return spec.gate_module_tmp.format(layer) + ".weight"
+
+
+def gate_rows(weight: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
+    """A ``(n_neurons, d_model)`` view of a gate weight (no copy)."""
+    return weight.t() if spec.rows_are_columns else weight
+
+
+def norm_gain(model: nn.Module, spec: ArchSpec, layer: Optional[int]) -> torch.Tensor:
+    """fp32 gain vector of the norm feeding layer ``layer``'s gate (``None``: final norm)."""
+    path = spec.final_norm_module if layer is None else (spec.mlp_norm_tmp or "").format(layer)
+    module = _get_module(model, path) if path else None
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        raise ValueError(
+            f"norm-aware scoring needs the norm module {path!r}, which this model does not have; "
+            "set `mlp_norm_tmp` / `final_norm_module` in the hparams YAML"
+        )
+    return weight.detach().float() + spec.norm_gain_offset

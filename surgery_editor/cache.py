@@ -1,0 +1,107 @@
+"""On-disk cache of expensive intermediates (activations, probes), keyed by all they depend on.
+
+Entries are safetensors files (tensors) with their JSON-able metadata stored in the
+safetensors header, written to a temporary file and renamed, so a crash never leaves a
+half-written entry. A key includes the model's *weights* fingerprint, so an edited model
+never reuses the activations of the unedited one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    root = cache_dir or os.environ.get("SURGERY_EDITOR_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "surgery_editor"
+    return Path(root).expanduser()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def config_hash(model: nn.Module) -> str:
+    """Hash of the model's architecture config (shape-defining fields only)."""
+    cfg = model.config.to_dict() if hasattr(model, "config") else {}
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "n_layer", "n_embd",
+            "vocab_size", "num_attention_heads", "num_key_value_heads", "text_config")
+    return stable_hash({k: cfg.get(k) for k in keys})
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> str:
+    """Cheap fingerprint of every parameter: float64 sum, sum of squares and a strided sample.
+
+    One pass over the weights (inference-level cost); changes to any edited row change it.
+    """
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        stride = max(1, flat.numel() // 1024)
+        sample = flat[::stride].float().cpu().numpy().tobytes()
+        stats = torch.stack([flat.sum(dtype=torch.float64), flat.double().square().sum()]).cpu().numpy().tobytes()
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(stats)
+        h.update(sample)
+    return h.hexdigest()[:16]
+
+
+def atomic_save(tensors: Dict[str, torch.Tensor], path: Path, metadata: Optional[Dict[str, Any]] = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        meta = {"json": json.dumps(metadata or {}, default=str)}
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_entry(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("json", "{}"))
+    return load_file(str(path)), meta
+
+
+class TensorCache:
+    """A folder of safetensors entries under ``cache_root()/<kind>``."""
+
+    def __init__(self, kind: str, cache_dir: Optional[str] = None, enabled: bool = True):
+        self.dir = cache_root(cache_dir) / kind
+        self.enabled = enabled
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.safetensors"
+
+    def get(self, key: str) -> Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
+        path = self.path(key)
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            return load_entry(path)
+        except Exception as err:  # a corrupt entry is recomputed, never trusted
+            logger.warning("ignoring unreadable cache entry %s (%s)", path, err)
+            return None
+
+    def put(self, key: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> None:
+        if self.enabled:
+            atomic_save(tensors, self.path(key), metadata)

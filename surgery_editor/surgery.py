@@ -1,0 +1,309 @@
+"""Model Surgery: probe -> select gate rows -> move them along the probe direction.
+
+Paper recipe (Wang et al. 2024, arXiv 2407.08770):
+
+1. ``w = W[1]`` of a linear softmax probe on mean-pooled ``hidden_states[-1]``;
+2. score every row ``g`` of every layer's MLP gate projection by ``-cos(g, w)``, take the
+   global top-K over all layers;
+3. ``g <- g + alpha * w`` for the selected rows.
+
+Options (each a field of :class:`~surgery_editor.hparams.ModelSurgeryHyperParams`) cover the
+reversed push (``select: most_aligned`` or a negative ``alpha``), a random-direction control
+(``edit_direction: random``), and a norm-aware variant (``scoring: norm_aware``,
+``step: row_norm``) that scores and moves each gate row through the RMSNorm gains that sit
+between the residual stream and the gate, described in the README.
+"""
+
+from __future__ import annotations
+
+import copy as copy_module
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import architectures as arch
+from .activations import cached_pooled_hidden_states, ensure_pad_token, pooled_hidden_states
+from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
+from .data import load_probe_texts
+from .hparams import ModelSurgeryHyperParams
+from .patch import RowEdit, SurgeryPatch
+from .probe import LinearProbe, train_probe
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Probe
+# ---------------------------------------------------------------------------------------
+def train_behaviour_probe(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
+                          fingerprint: Optional[str] = None, use_cache: bool = True) -> LinearProbe:
+    """Train (or load from the probe cache) the probe on ``hparams.probe_data``."""
+    data = load_probe_texts(hparams.probe_data, hparams.data_dir)
+    fingerprint = fingerprint or weights_fingerprint(model)
+    ensure_pad_token(tok)
+    probe_settings = {k: getattr(hparams, k) for k in (
+        "probe_layer", "probe_pooling", "probe_max_length", "probe_lr", "probe_batch_size", "probe_epochs",
+        "probe_val_fraction", "seed")}
+    key = stable_hash({"config": config_hash(model), "weights": fingerprint, "data": data.content_hash(),
+                       "tokenizer": [getattr(tok, "name_or_path", ""), len(tok)], **probe_settings})
+    cache = TensorCache("probes", hparams.cache_dir, enabled=use_cache)
+    hit = cache.get(key)
+    if hit is not None:
+        logger.info("probe: cache hit %s", cache.path(key))
+        return LinearProbe.from_tensors(hit[0], hit[1]["info"])
+    feats = cached_pooled_hidden_states(
+        model, tok, data.texts, data.content_hash(), layer=hparams.probe_layer, pooling=hparams.probe_pooling,
+        max_length=hparams.probe_max_length, batch_size=hparams.activation_batch_size,
+        cache_dir=hparams.cache_dir, fingerprint=fingerprint, use_cache=use_cache)
+    probe = train_probe(feats, torch.from_numpy(data.labels), lr=hparams.probe_lr,
+                        batch_size=hparams.probe_batch_size, epochs=hparams.probe_epochs,
+                        val_fraction=hparams.probe_val_fraction, seed=hparams.seed)
+    cache.put(key, probe.tensors(), {"info": probe.info(), "data": data.source, **probe_settings})
+    return probe
+
+
+def request_direction(model: nn.Module, tok, requests: Sequence[Dict[str, Any]],
+                      hparams: ModelSurgeryHyperParams) -> torch.Tensor:
+    """Per-request direction for EasyEdit's one-instance protocol.
+
+    For each request, the unsafe response (``ground_truth``) and the safe response
+    (``target_new``) are embedded like probe texts (hidden_states[probe_layer], pooled);
+    the direction is the mean over requests of ``h(unsafe) - h(safe)`` -- the
+    difference-of-means probe, the only linear direction two examples determine -- rescaled
+    to norm ``request_direction_norm``. Like ``W[1]``, it points towards the behaviour to avoid.
+    """
+    if not requests:
+        raise ValueError("probe_source: request needs at least one request")
+    texts: List[str] = []
+    for i, req in enumerate(requests):
+        for key in ("ground_truth", "target_new"):
+            value = req.get(key)
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"request {i}: probe_source: request needs a non-empty {key!r} "
+                                 f"({'unsafe' if key == 'ground_truth' else 'safe'} response), got {value!r}")
+            texts.append(value)
+    feats = pooled_hidden_states(model, tok, texts, layer=hparams.probe_layer, pooling=hparams.probe_pooling,
+                                 max_length=hparams.probe_max_length, batch_size=hparams.activation_batch_size,
+                                 show_progress=False)
+    diff = (feats[0::2] - feats[1::2]).mean(dim=0)
+    norm = diff.norm()
+    if norm == 0:
+        raise ValueError("the unsafe and safe responses have identical representations; no direction to edit along")
+    return diff / norm * hparams.request_direction_norm
+
+
+# ---------------------------------------------------------------------------------------
+# Selection and edit
+# ---------------------------------------------------------------------------------------
+def candidate_layers(model: nn.Module, edit_layers: Optional[Sequence[int]]) -> List[int]:
+    n = arch.num_layers(model)
+    if edit_layers is None:
+        return list(range(n))
+    bad = [l for l in edit_layers if not 0 <= l < n]
+    if bad:
+        raise ValueError(f"edit_layers {bad} out of range: the model has layers 0..{n - 1}")
+    return sorted(set(edit_layers))
+
+
+def _probe_reads_final_norm(model: nn.Module, hparams: ModelSurgeryHyperParams) -> bool:
+    n = arch.num_layers(model)
+    return hparams.probe_layer in (-1, n) and hparams.probe_pooling == "mean"
+
+
+def _residual_direction(model, spec, w, hparams) -> torch.Tensor:
+    """Probe direction expressed on the unit-RMS residual stream the gates read."""
+    if _probe_reads_final_norm(model, hparams):
+        return w * arch.norm_gain(model, spec, None)
+    return w
+
+
+def _layer_gain(model, spec, layer: int, floor: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    gain = arch.norm_gain(model, spec, layer)
+    keep = gain.abs() >= floor * gain.abs().median()
+    return gain, keep
+
+
+def score_rows(model: nn.Module, spec: arch.ArchSpec, w: torch.Tensor, layers: Sequence[int],
+               hparams: ModelSurgeryHyperParams) -> Dict[int, torch.Tensor]:
+    """Per layer, fp32 scores of every gate row; higher = selected first.
+
+    ``cosine``: ``-cos(g, w)`` (paper) or ``+cos`` for ``select: most_aligned``.
+    ``norm_aware``: the same with ``g * gain_l`` and the residual-space direction.
+    """
+    sign = -1.0 if hparams.select == "most_opposed" else 1.0
+    w = w.float()
+    direction = _residual_direction(model, spec, w, hparams) if hparams.scoring == "norm_aware" else w
+    scores = {}
+    for layer in layers:
+        rows = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)).detach(), spec).float()
+        d = direction.to(rows.device)
+        if hparams.scoring == "norm_aware":
+            rows = rows * arch.norm_gain(model, spec, layer).to(rows.device)
+        scores[layer] = (sign * torch.nn.functional.cosine_similarity(rows, d.unsqueeze(0), dim=1)).cpu()
+    return scores
+
+
+def resolve_top_k(total: int, hparams: ModelSurgeryHyperParams) -> int:
+    k = int(hparams.top_k) if hparams.top_k is not None else int(round(hparams.top_k_fraction * total))
+    if not 1 <= k <= total:
+        raise ValueError(f"top_k resolves to {k}, but there are {total} candidate rows")
+    return k
+
+
+def select_top_k(scores: Dict[int, torch.Tensor], k: int) -> Dict[int, torch.Tensor]:
+    """Global top-``k`` over all layers: ``{layer: sorted row indices}`` (layers with none omitted)."""
+    layers = list(scores)
+    flat = torch.cat([scores[l] for l in layers])
+    top = torch.topk(flat, k).indices
+    sizes = torch.tensor([scores[l].numel() for l in layers])
+    offsets = torch.cumsum(sizes, 0) - sizes
+    picked: Dict[int, torch.Tensor] = {}
+    layer_of = torch.searchsorted(torch.cumsum(sizes, 0), top, right=True)
+    for li in layer_of.unique().tolist():
+        rows = top[layer_of == li] - offsets[li]
+        picked[layers[li]] = torch.sort(rows).values.long()
+    return picked
+
+
+def _edit_vector(model, spec, w, hparams, generator: torch.Generator) -> torch.Tensor:
+    """The direction rows move along (residual space for norm_aware), maybe the random control."""
+    v = _residual_direction(model, spec, w, hparams) if hparams.scoring == "norm_aware" else w.float()
+    if hparams.edit_direction == "random":
+        r = torch.randn(v.shape, generator=generator)
+        v = r / r.norm() * v.norm()
+    return v
+
+
+def edited_rows(rows: torch.Tensor, v: torch.Tensor, alpha: float, step: str,
+                gain: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """New fp32 rows. Without ``gain``: ``rows + alpha*v`` (absolute) or
+    ``rows + alpha*|row|*v/|v|`` (row_norm). With ``gain`` (norm_aware), the effective row
+    ``row*gain`` moves that way instead, i.e. the weight moves by ``delta/gain`` on the
+    dimensions in ``keep`` (tiny gains are left unedited)."""
+    rows = rows.float()
+    v = v.to(rows.device).float()
+    eff = rows if gain is None else rows * gain
+    if step == "absolute":
+        delta = alpha * v.expand_as(rows)
+    else:
+        delta = alpha * eff.norm(dim=1, keepdim=True) * (v / v.norm())
+    if gain is not None:
+        delta = torch.where(keep, delta / gain, torch.zeros_like(delta))
+    return rows + delta
+
+
+@torch.no_grad()
+def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperParams,
+                probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None) -> SurgeryPatch:
+    """Score, select and compute the edited rows for direction ``w``; the model is not changed."""
+    spec = arch.resolve_spec(model, {k: getattr(hparams, k) for k in ("gate_module_tmp", "mlp_norm_tmp",
+                                                                          "final_norm_module")})
+    hidden = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, 0)), spec).shape[1]
+    if w.shape != (hidden,):
+        raise ValueError(f"probe direction has shape {tuple(w.shape)}, gate rows have length {hidden}")
+    layers = candidate_layers(model, hparams.edit_layers)
+    scores = score_rows(model, spec, w, layers, hparams)
+    total = sum(s.numel() for s in scores.values())
+    k = resolve_top_k(total, hparams)
+    picked = select_top_k(scores, k)
+    gen = torch.Generator().manual_seed(hparams.seed)
+    v = _edit_vector(model, spec, w.float().cpu(), hparams, gen)
+    edits = []
+    for layer, rows_idx in picked.items():
+        name = arch.gate_param_name(spec, layer)
+        param = model.get_parameter(name)
+        view = arch.gate_rows(param.detach(), spec)
+        original = view[rows_idx.to(param.device)].cpu().clone()
+        if hparams.scoring == "norm_aware":
+            gain, keep = _layer_gain(model, spec, layer, hparams.gain_floor)
+            new = edited_rows(original, v, hparams.alpha, hparams.step, gain.cpu(), keep.cpu())
+        else:
+            new = edited_rows(original, v, hparams.alpha, hparams.step)
+        edits.append(RowEdit(param_name=name, layer=layer, rows=rows_idx.cpu(), original=original,
+                             edited=new.to(param.dtype), rows_are_columns=spec.rows_are_columns))
+    selected_scores = torch.cat([scores[l][picked[l]] for l in picked])
+    meta = {
+        "model_name": str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")),
+        "model_type": getattr(model.config, "model_type", None),
+        "hidden_size": hidden,
+        "config_hash": config_hash(model),
+        "dtype": str(next(model.parameters()).dtype),
+        "n_candidates": total, "top_k": k, "candidate_layers": layers,
+        "selected_score_mean": float(selected_scores.mean()), "selected_score_min": float(selected_scores.min()),
+        "probe_accuracy": probe.val_accuracy if probe is not None else None,
+        "hparams": {k_: v_ for k_, v_ in hparams.to_dict().items() if k_ != "model_name"},
+    }
+    meta.update(metadata or {})
+    return SurgeryPatch(edits=edits, alpha=hparams.alpha, direction=v, metadata=meta,
+                        probe_weight=probe.weight if probe is not None else None,
+                        probe_bias=probe.bias if probe is not None else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole pipeline
+# ---------------------------------------------------------------------------------------
+_PATCH_CACHE: "OrderedDict[str, SurgeryPatch]" = OrderedDict()
+_PATCH_CACHE_SIZE = 4
+
+
+def clear_patch_cache() -> None:
+    _PATCH_CACHE.clear()
+
+
+def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
+                  requests: Optional[Sequence[Dict[str, Any]]] = None, use_cache: bool = True) -> SurgeryPatch:
+    """The patch for ``hparams`` on ``model`` (not applied).
+
+    ``probe_source: dataset``: the probe comes from the disk cache or is trained once; the
+    patch is memoised in memory per (weights, hparams), so per-request calls are cheap.
+    ``probe_source: request``: a fresh direction from ``requests``.
+    """
+    start = time.perf_counter()
+    fingerprint = weights_fingerprint(model)
+    if hparams.probe_source == "request":
+        w = request_direction(model, tok, requests or [], hparams)
+        patch = build_patch(model, w, hparams, metadata={"probe_source": "request"})
+    else:
+        key = f"{fingerprint}:{config_hash(model)}:{hparams.method_key()}"
+        if use_cache and key in _PATCH_CACHE:
+            _PATCH_CACHE.move_to_end(key)
+            return _PATCH_CACHE[key]
+        probe = train_behaviour_probe(model, tok, hparams, fingerprint=fingerprint, use_cache=use_cache)
+        w = probe.direction(hparams.probe_direction)
+        patch = build_patch(model, w, hparams, probe=probe,
+                            metadata={"probe_source": "dataset", "probe": probe.info(),
+                                      "probe_data": hparams.probe_data})
+        if use_cache:
+            _PATCH_CACHE[key] = patch
+            while len(_PATCH_CACHE) > _PATCH_CACHE_SIZE:
+                _PATCH_CACHE.popitem(last=False)
+    patch.metadata["compute_seconds"] = time.perf_counter() - start
+    logger.info("model surgery: %d rows selected over %d layers (K of %d candidates)",
+                patch.num_rows, len(patch.edits), patch.metadata["n_candidates"])
+    return patch
+
+
+def apply_model_surgery_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]],
+                                 hparams: ModelSurgeryHyperParams, copy: bool = False,
+                                 return_orig_weights: bool = False, keep_original_weight: bool = False,
+                                 **kwargs: Any) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
+    """EasyEdit entry point: edit ``model`` in place (or a deep copy with ``copy=True``).
+
+    Returns ``(model, weights_copy)``; ``weights_copy`` maps each edited parameter's name (as
+    ``model.get_parameter`` resolves it) to its original tensor whenever
+    ``return_orig_weights`` or ``keep_original_weight`` is set, so EasyEdit's restore loop
+    puts the model back bit-exactly. Extra ``kwargs`` from EasyEdit's editors are ignored.
+    """
+    if isinstance(requests, dict):
+        requests = [requests]
+    patch = compute_patch(model, tok, hparams, requests)
+    if copy:
+        model = copy_module.deepcopy(model)
+    weights_copy = patch.weights_copy(model) if (return_orig_weights or keep_original_weight) else {}
+    patch.apply(model, check=False)
+    return model, weights_copy
