@@ -1,0 +1,99 @@
+"""Tiny randomly initialised models and a word-level tokenizer, built in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("SURGERY_EDITOR_DATA_DIR", REPO.parent / "shared" / "data"))
+
+WORDS = ("the a you are is stupid idiot hate kind nice friend good bad dumb ugly lovely "
+         "day sun cat dog very really so and i we they love think people weather today").split()
+TOXIC = ["you are stupid", "i hate you idiot", "they are dumb and ugly", "stupid people are bad",
+         "you idiot", "so dumb", "i hate they", "ugly stupid dog", "you are really dumb", "bad idiot"]
+NEUTRAL = ["you are kind", "i love you friend", "they are nice and lovely", "good people are kind",
+           "nice day", "the sun is good", "we love the cat", "lovely weather today", "you are really nice",
+           "a good friend"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]"] + list(WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                   eos_token="[EOS]")
+
+
+def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name:
+                if p.dim() == 1 and name.endswith("weight"):
+                    p.copy_(0.5 + torch.rand(p.shape, generator=gen))
+
+
+def make_tiny(kind: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 3, vocab: int = 64,
+              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if kind == "llama":
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    elif kind == "qwen2":
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+    elif kind == "gemma":
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(head_dim=8, **common))
+    elif kind == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
+                                                 n_positions=64))
+    else:
+        raise ValueError(kind)
+    _randomise_norms(model, seed)
+    return model.to(dtype).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny("llama")
+
+
+@pytest.fixture
+def probe_tsv(tmp_path) -> Path:
+    path = tmp_path / "pairs.tsv"
+    rows = ["toxic\tneutral1"] + [f"{t}\t{n}" for t, n in zip(TOXIC * 3, NEUTRAL * 3)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def hp_factory(probe_tsv, tmp_path):
+    from surgery_editor import ModelSurgeryHyperParams
+
+    def make(**overrides):
+        base = dict(alg_name="ModelSurgery", model_name="tiny", probe_data={
+            "path": str(probe_tsv), "positive_column": "toxic", "negative_column": "neutral1"},
+            top_k=10, alpha=1.08, cache_dir=str(tmp_path / "cache"), activation_batch_size=8)
+        base.update(overrides)
+        return ModelSurgeryHyperParams(**base)
+
+    return make
+
+
+def state_copy(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: torch.nn.Module, state: dict) -> None:
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"{k} changed"
