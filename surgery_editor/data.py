@@ -157,7 +157,7 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
         frame = frame.sample(frac=1.0, random_state=cfg.seed)
     if cfg.positive_column is not None:
         _require_columns(frame, [cfg.positive_column, cfg.negative_column], source)
-        keep = frame[cfg.positive_column].map(_is_text) & frame[cfg.negative_column].map(_is_text)
+        keep = frame[cfg.positive_column].map(_is_text).astype(bool) & frame[cfg.negative_column].map(_is_text).astype(bool)
         frame = frame[keep]
         if cfg.limit is not None:
             frame = frame.head(cfg.limit)
@@ -165,7 +165,7 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
         labels = np.array([1] * len(frame) + [0] * len(frame), dtype=np.int64)
     else:
         _require_columns(frame, [cfg.text_field, cfg.label_field], source)
-        frame = frame[frame[cfg.text_field].map(_is_text)]
+        frame = frame[frame[cfg.text_field].map(_is_text).astype(bool)]
         if cfg.limit is not None:
             frame = frame.head(cfg.limit)
         positive = {str(v) for v in cfg.positive_values}

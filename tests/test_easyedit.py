@@ -1,0 +1,153 @@
+"""The EasyEdit contract: registration in ALG_DICT, the editors' call pattern and restore loop,
+per-request probes, and behaviour with and without a real EasyEdit."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
+from surgery_editor import activations as acts
+from surgery_editor.easyedit import EasyEditUnavailable, import_easyeditor_alg_dict, register
+
+from conftest import REPO, assert_same_state, state_copy
+
+REQUEST = {"prompt": "you are stupid", "target_new": "you are kind and lovely",
+           "ground_truth": "i hate you idiot", "general_prompt": ["nice day"] * 4, "locality": {}}
+
+
+def _restore_like_easyedit(model, weights_copy):
+    params = dict(model.named_parameters())  # EasyEdit's nethook.get_parameter looks names up here
+    with torch.no_grad():
+        for name, value in weights_copy.items():
+            params[name].copy_(value)
+
+
+def test_register_into_dict_in_place():
+    alg_dict = {"DINM": object()}
+    assert register(alg_dict) is alg_dict
+    assert alg_dict["ModelSurgery"] is apply_model_surgery_to_model and "DINM" in alg_dict
+
+
+@pytest.mark.parametrize("source", ["dataset", "request"])
+def test_editor_call_pattern_restores_bit_exactly(tiny_llama, tiny_tok, hp_factory, source):
+    alg_dict = register({})
+    hp = hp_factory(probe_source=source, top_k=20)
+    before = state_copy(tiny_llama)
+    apply_algo = alg_dict[hp.alg_name]
+    edited, weights_copy = apply_algo(tiny_llama, tiny_tok, [REQUEST], hp, copy=False, return_orig_weights=True,
+                                      keep_original_weight=True, train_ds=None)
+    assert edited is tiny_llama
+    changed = {k for k, v in tiny_llama.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= set(weights_copy)
+    _restore_like_easyedit(tiny_llama, weights_copy)
+    assert_same_state(tiny_llama, before)
+
+
+def test_dataset_probe_computed_once_across_requests(tiny_llama, tiny_tok, hp_factory, monkeypatch):
+    calls = []
+    real = acts.pooled_hidden_states
+    monkeypatch.setattr(acts, "pooled_hidden_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hp = hp_factory(top_k=7)
+    results = []
+    for _ in range(3):  # one edit + restore per request, as SafetyEditor does
+        _, wc = apply_model_surgery_to_model(tiny_llama, tiny_tok, [REQUEST], hp, return_orig_weights=True)
+        results.append(state_copy(tiny_llama))
+        _restore_like_easyedit(tiny_llama, wc)
+    assert len(calls) == 1
+    for state in results[1:]:
+        assert all(torch.equal(state[k], results[0][k]) for k in state)
+
+
+def test_request_direction_is_normalised_difference(tiny_llama, tiny_tok, hp_factory):
+    from surgery_editor.surgery import compute_patch
+
+    hp = hp_factory(probe_source="request", top_k=5, request_direction_norm=2.0)
+    patch = compute_patch(tiny_llama, tiny_tok, hp, [REQUEST])
+    feats = acts.pooled_hidden_states(tiny_llama, tiny_tok, [REQUEST["ground_truth"], REQUEST["target_new"]])
+    expected = (feats[0] - feats[1]) / (feats[0] - feats[1]).norm() * 2.0
+    torch.testing.assert_close(patch.direction, expected)
+
+
+def test_request_probe_needs_both_responses(tiny_llama, tiny_tok, hp_factory):
+    bad = {**REQUEST, "target_new": ""}
+    with pytest.raises(ValueError, match=r"request 1: probe_source: request needs a non-empty 'target_new'"):
+        apply_model_surgery_to_model(tiny_llama, tiny_tok, [REQUEST, bad], hp_factory(probe_source="request"))
+
+
+def _run(code: str, path: str = "") -> subprocess.CompletedProcess:
+    env_path = f"{path}:{REPO}" if path else str(REPO)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, cwd=REPO, timeout=300)
+
+
+def test_without_easyeditor_import_warns_and_register_explains():
+    out = _run("""
+        import sys, logging
+        logging.basicConfig(level=logging.WARNING)
+        sys.modules["easyeditor"] = None  # as if not installed
+        import surgery_editor.easyedit as ee
+        print("REGISTERED", ee.REGISTERED)
+        try:
+            ee.register()
+        except ee.EasyEditUnavailable as err:
+            print("ERROR", err)
+        from surgery_editor import ModelSurgeryHyperParams
+        print("OK", ModelSurgeryHyperParams.from_hparams("hparams/ModelSurgery/smollm2-135m").alg_name)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "REGISTERED False" in out.stdout and "OK ModelSurgery" in out.stdout
+    assert "ERROR easyeditor is not installed: install EasyEdit from its source" in out.stdout
+    assert "ModelSurgery not registered with EasyEdit" in out.stderr
+
+
+def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
+    pkg = tmp_path / "easyeditor" / "util"
+    pkg.mkdir(parents=True)
+    (tmp_path / "easyeditor" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "alg_dict.py").write_text("ALG_DICT = {'DINM': 'dinm'}\n")
+    (pkg / "hparams.py").write_text("class HyperParams:\n    pass\n")
+    out = _run("""
+        from easyeditor.util import alg_dict
+        held = alg_dict.ALG_DICT  # an editor module holds this same object
+        import surgery_editor.easyedit as ee
+        from easyeditor.util.hparams import HyperParams
+        from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
+        hp = ModelSurgeryHyperParams.from_hparams("hparams/ModelSurgery/smollm2-135m")
+        print(ee.REGISTERED, held is alg_dict.ALG_DICT, held["ModelSurgery"] is apply_model_surgery_to_model,
+              sorted(held), isinstance(hp, HyperParams))
+    """, path=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "['DINM',", "'ModelSurgery']", "True"]
+
+
+def _real_safety_editor():
+    try:
+        import_easyeditor_alg_dict()
+        from easyeditor import SafetyEditor
+    except (EasyEditUnavailable, ImportError) as err:
+        return None, f"a real EasyEdit (easyeditor with SafetyEditor) is not importable: {err}"
+    return SafetyEditor, ""
+
+
+@pytest.mark.easyedit
+def test_real_safety_editor_runs_model_surgery(tiny_llama, tiny_tok, hp_factory, tmp_path, monkeypatch):
+    SafetyEditor, reason = _real_safety_editor()
+    if SafetyEditor is None:
+        pytest.skip(reason)
+    register()
+    monkeypatch.chdir(tmp_path)  # SafetyEditor writes logs/run.log into the working directory
+    hp = hp_factory(model_name=(tiny_llama, tiny_tok), device="cpu", max_length=64, max_output_length=3, top_k=20)
+    before = state_copy(tiny_llama)
+    editor = SafetyEditor.from_hparams(hp)
+    metrics, edited, weights_copy = editor.edit(
+        editing_method="ModelSurgery", prompts=[REQUEST["prompt"]], prompts_with_systemPrompt=None, target_new=[REQUEST["target_new"]],
+        ground_truth=[REQUEST["ground_truth"]], general_prompt=[REQUEST["general_prompt"]],
+        keep_original_weight=True, case_id=0)
+    assert set(metrics[0]["pre"]) == set(metrics[0]["post"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ",
+                                                                  "DG_otherAQ"}
+    assert weights_copy and all(k.endswith("gate_proj.weight") for k in weights_copy)
+    assert_same_state(tiny_llama, before)  # SafetyEditor restored it from weights_copy
