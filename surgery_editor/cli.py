@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     hp = load_hparams(args.hparams, parse_overrides(args.set))
-    model, tok = load_model(hp.model_name, device=hp.device)
+    model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
     judge = get_judge(args.judge)
     prompts = load_rtp_prompts(args.rtp_path, hp.data_dir, limit=args.rtp_limit)["text"].tolist()
     ppl_texts = load_ppl_texts(hp.data_dir)
