@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Dict, MutableMapping, Optional
+from typing import Any, MutableMapping, Optional
 
 import torch
 

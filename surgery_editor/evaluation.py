@@ -10,7 +10,6 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np

@@ -12,15 +12,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .cache import cache_root
+from .cache import atomic_dir, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +87,9 @@ def embedded_model_dir(name: str, cache_dir: Optional[str] = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if not (target / "config.json").is_file():
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

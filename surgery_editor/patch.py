@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
@@ -25,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .cache import config_hash
+from .cache import atomic_dir, config_hash
 
 logger = logging.getLogger(__name__)
 
@@ -140,17 +137,9 @@ class SurgeryPatch:
             edits_meta.append({"param_name": e.param_name, "layer": e.layer, "rows_are_columns": e.rows_are_columns})
         doc = {"format_version": FORMAT_VERSION, "alpha": self.alpha, "edits": edits_meta,
                "metadata": self.metadata, "num_rows": self.num_rows}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_dir(path) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "patch.safetensors"))
             (tmp / "patch.json").write_text(json.dumps(doc, indent=2, default=str))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         logger.info("saved patch (%d rows) to %s", self.num_rows, path)
         return path
 

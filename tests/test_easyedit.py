@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
+from surgery_editor import apply_model_surgery_to_model
 from surgery_editor import activations as acts
 from surgery_editor.easyedit import EasyEditUnavailable, import_easyeditor_alg_dict, register
 

@@ -8,7 +8,7 @@ from surgery_editor.data import load_probe_texts
 from surgery_editor.probe import train_probe
 from surgery_editor.surgery import compute_patch, train_behaviour_probe
 
-from conftest import DATA_DIR, make_tiny
+from conftest import DATA_DIR
 
 
 def test_pair_mode(probe_tsv):
