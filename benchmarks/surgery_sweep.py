@@ -75,6 +75,15 @@ def _append(path: Path, record: Dict) -> None:
         os.fsync(f.fileno())
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A line cut by a crash is removed, so later appends start on a fresh line."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+
 def _read(path: Path) -> List[Dict]:
     if not path.is_file():
         return []
@@ -152,6 +161,7 @@ def main(argv=None) -> int:
     out = Path(args.out or f"runs/sweep/{args.model}")
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
+    _drop_partial_line(results)
     base_hp = ModelSurgeryHyperParams.from_hparams(args.hparams or f"hparams/ModelSurgery/{args.model}.yaml")
     model, tok = load_model(base_hp.model_name, device=base_hp.device)
     judge = get_judge(args.judge)
