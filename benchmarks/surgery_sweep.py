@@ -51,7 +51,7 @@ CONDITION_SETS = {
         "core": {"unedited": None, **_with_controls("paper", {}), **_with_controls("paper a=2", {"alpha": 2.0}),
                  **_with_controls("norm-aware L15", _variant(15, 16))},
         "alpha": {**_with_controls("norm-aware L15 a=0.5", _variant(15, 16, alpha=0.5)),
-                  "norm-aware L15 a=0.75": _variant(15, 16, alpha=0.75)},
+                  **_with_controls("norm-aware L15 a=0.75", _variant(15, 16, alpha=0.75))},
     },
     "gemma3-270m": {
         "core": {"unedited": None, **_with_controls("paper", {}), **_with_controls("norm-aware L9", _variant(9, 10))},
