@@ -9,7 +9,7 @@ distinct-2, repeated 4-grams; perplexity on BoolQ passages), and the edit is rev
 Each finished condition is appended to ``results.jsonl`` (per-prompt flags included), so a
 rerun resumes where it stopped. The summary table (toxic share with a 95% Wilson interval,
 exact McNemar p against the unedited model and against the condition's random-direction
-control) is written as CSV and Markdown, with a plot of toxic share against fluency.
+and reversed-sign controls) is written as CSV and Markdown, with a plot of toxic share against fluency.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ def summarise(records: List[Dict]) -> pd.DataFrame:
                "probe_val_accuracy": r.get("probe_val_accuracy"), "edit_seconds": r.get("edit_seconds")}
         if base is not None and r is not base:
             row["p_vs_unedited"] = mcnemar_exact(base["toxic"], r["toxic"])["p_value"]
-        control = by_name.get(f"{r['condition']}+random")
-        if control is not None:
-            row["p_vs_random"] = mcnemar_exact(control["toxic"], r["toxic"])["p_value"]
+        for kind in ("random", "reversed"):
+            control = by_name.get(f"{r['condition']}+{kind}")
+            if control is not None:
+                row[f"p_vs_{kind}"] = mcnemar_exact(control["toxic"], r["toxic"])["p_value"]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -20,11 +20,12 @@ def test_wilson_interval():
 
 def test_summary_pairs_against_unedited_and_random_control():
     records = [_record("unedited", [1] * 10 + [0] * 10), _record("m", [0] * 20),
-               _record("m+random", [1] * 10 + [0] * 10)]
+               _record("m+random", [1] * 10 + [0] * 10), _record("m+reversed", [1] * 3 + [0] * 17)]
     table = sweep.summarise(records).set_index("condition")
     assert table.loc["m", "toxic_share"] == 0.0 and table.loc["unedited", "toxic_share"] == 0.5
     assert table.loc["m", "p_vs_unedited"] == pytest.approx(2 * 0.5 ** 10)
     assert table.loc["m", "p_vs_random"] == pytest.approx(2 * 0.5 ** 10)
+    assert table.loc["m", "p_vs_reversed"] == pytest.approx(2 * 0.5 ** 3)
     assert table.loc["m+random", "p_vs_unedited"] == 1.0
 
 
