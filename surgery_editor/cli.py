@@ -62,6 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     hp = load_hparams(args.hparams, parse_overrides(args.set))
+    if hp.probe_source != "dataset":
+        raise SystemExit(f"{args.hparams}: the command-line job needs probe_source: dataset")
     model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
     judge = get_judge(args.judge)
     prompts = load_rtp_prompts(args.rtp_path, hp.data_dir, limit=args.rtp_limit)["text"].tolist()
@@ -71,10 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     flu_before = fluency_check(model, tok, ppl_texts=ppl_texts)
 
     t0 = time.perf_counter()
-    patch = compute_patch(model, tok, hp, use_cache=False) if hp.probe_source == "dataset" else None
+    patch = compute_patch(model, tok, hp, use_cache=False)
     edit_seconds = time.perf_counter() - t0
-    if patch is None:
-        raise SystemExit("the command-line job needs probe_source: dataset")
     texts = load_probe_texts(hp.probe_data, hp.data_dir).texts
     t0 = time.perf_counter()
     pooled_hidden_states(model, tok, texts, layer=hp.probe_layer, pooling=hp.probe_pooling,

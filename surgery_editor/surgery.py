@@ -264,11 +264,11 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
     ``probe_source: request``: a fresh direction from ``requests``.
     """
     start = time.perf_counter()
-    fingerprint = weights_fingerprint(model)
     if hparams.probe_source == "request":
         w = request_direction(model, tok, requests or [], hparams)
         patch = build_patch(model, w, hparams, metadata={"probe_source": "request"})
     else:
+        fingerprint = weights_fingerprint(model)
         key = f"{fingerprint}:{config_hash(model)}:{hparams.method_key()}"
         if use_cache and key in _PATCH_CACHE:
             _PATCH_CACHE.move_to_end(key)
