@@ -65,7 +65,6 @@ _GPT2 = ArchSpec(
 ARCHITECTURES: Dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
-    "mixtral": _LLAMA_LIKE,  # dense gate only if present; detection checks the module
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "olmo": _LLAMA_LIKE,

@@ -115,9 +115,11 @@ def _probe_reads_final_norm(model: nn.Module, hparams: ModelSurgeryHyperParams) 
     return hparams.probe_layer in (-1, n) and hparams.probe_pooling == "mean"
 
 
-def _residual_direction(model, spec, w, hparams) -> torch.Tensor:
-    """Probe direction expressed on the unit-RMS residual stream the gates read."""
-    if _probe_reads_final_norm(model, hparams):
+def _scoring_direction(model, spec, w, hparams) -> torch.Tensor:
+    """The direction rows are scored against and moved along: ``w`` itself (paper), or for
+    ``norm_aware`` the probe direction on the unit-RMS residual stream the gates read."""
+    w = w.float()
+    if hparams.scoring == "norm_aware" and _probe_reads_final_norm(model, hparams):
         return w * arch.norm_gain(model, spec, None)
     return w
 
@@ -136,8 +138,7 @@ def score_rows(model: nn.Module, spec: arch.ArchSpec, w: torch.Tensor, layers: S
     ``norm_aware``: the same with ``g * gain_l`` and the residual-space direction.
     """
     sign = -1.0 if hparams.select == "most_opposed" else 1.0
-    w = w.float()
-    direction = _residual_direction(model, spec, w, hparams) if hparams.scoring == "norm_aware" else w
+    direction = _scoring_direction(model, spec, w, hparams)
     scores = {}
     for layer in layers:
         rows = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)).detach(), spec).float()
@@ -172,7 +173,7 @@ def select_top_k(scores: Dict[int, torch.Tensor], k: int) -> Dict[int, torch.Ten
 
 def _edit_vector(model, spec, w, hparams, generator: torch.Generator) -> torch.Tensor:
     """The direction rows move along (residual space for norm_aware), maybe the random control."""
-    v = _residual_direction(model, spec, w, hparams) if hparams.scoring == "norm_aware" else w.float()
+    v = _scoring_direction(model, spec, w, hparams)
     if hparams.edit_direction == "random":
         r = torch.randn(v.shape, generator=generator)
         v = r / r.norm() * v.norm()
