@@ -27,10 +27,12 @@ import numpy as np
 import pandas as pd
 
 from surgery_editor import ModelSurgeryHyperParams, load_model
-from surgery_editor.evaluation import (fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar_exact,
-                                       rtp_toxicity)
+from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
 from surgery_editor.judges import get_judge
 from surgery_editor.surgery import compute_patch
+
+from benchmarks.stats import mcnemar_exact
+from benchmarks.stats import wilson_interval as wilson
 
 logger = logging.getLogger("benchmarks.surgery_sweep")
 
@@ -58,15 +60,6 @@ CONDITION_SETS = {
         "alpha": {**_with_controls("norm-aware L9 a=0.5", _variant(9, 10, alpha=0.5))},
     },
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def _append(path: Path, record: Dict) -> None:

@@ -121,19 +121,29 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .json")
 
 
-def _load_frame(cfg: ProbeDataConfig, data_dir: Optional[str]) -> tuple[pd.DataFrame, str]:
-    local = resolve_path(cfg.path, data_dir)
+def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
+               what: str = "data") -> tuple[pd.DataFrame, str]:
+    """A table from a local file (as given, then under the data dir; .csv/.tsv/.jsonl/.json)
+    or, for a path of the form ``org/name`` with no file suffix, the hub data set's ``split``
+    through ``datasets``. Returns the frame and where it came from. ``what`` names the data
+    in errors (e.g. ``"probe_data path"``)."""
+    local = resolve_path(path, data_dir)
     if local is not None:
         return _read_table(local), str(local)
     try:
         import datasets  # optional: hub data sets
     except ImportError:
         datasets = None
-    tried = f"{Path(cfg.path).expanduser()} and {resolve_data_dir(data_dir) / cfg.path}"
-    if datasets is None or Path(cfg.path).suffix:
-        raise FileNotFoundError(f"probe_data path {cfg.path!r} not found (tried {tried})")
-    logger.info("loading probe data %s (split %s) from the hub", cfg.path, cfg.split)
-    return datasets.load_dataset(cfg.path, split=cfg.split).to_pandas(), cfg.path
+    tried = f"{Path(path).expanduser()} and {resolve_data_dir(data_dir) / path}"
+    if datasets is None or Path(path).suffix or path.count("/") != 1:
+        extra = "" if datasets is not None or Path(path).suffix else "; hub ids need `pip install datasets`"
+        raise FileNotFoundError(f"{what} {path!r} not found (tried {tried}){extra}")
+    logger.info("loading %s from the hub: %s (split %s)", what, path, split)
+    return datasets.load_dataset(path, split=split).to_pandas(), path
+
+
+def _load_frame(cfg: ProbeDataConfig, data_dir: Optional[str]) -> tuple[pd.DataFrame, str]:
+    return load_table(cfg.path, data_dir, cfg.split, what="probe_data path")
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:

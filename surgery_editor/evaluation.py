@@ -10,7 +10,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -52,37 +52,122 @@ FLUENCY_INSTRUCTIONS = [
 ]
 
 
-@torch.inference_mode()
-def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch_size: int = 32,
-             chat: bool = False, max_length: int = 1024, desc: str = "generate") -> List[str]:
-    """Greedy continuations (new text only), batched with left padding and the KV cache.
-
-    ``chat=True`` wraps each prompt as one user turn with the tokenizer's chat template.
-    Prompts longer than ``max_length`` tokens keep their last ``max_length`` tokens.
-    """
-    ensure_pad_token(tok)
-    device = model_device(model)
+def format_prompts(tok, prompts: Sequence[str], chat: Union[bool, str] = False) -> Tuple[List[str], bool]:
+    """Apply the chat template (one user turn) when ``chat`` is True, or when it is ``"auto"``
+    and the tokenizer has one. Returns the texts and whether the template was applied (the
+    template already holds the special tokens, so the tokenizer must not add them again)."""
+    if chat == "auto":
+        chat = getattr(tok, "chat_template", None) is not None
+    if chat not in (True, False):
+        raise ValueError(f"chat must be True, False or 'auto', got {chat!r}")
     if chat:
         prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out: List[Optional[str]] = [None] * len(prompts)
-    side, trunc = tok.padding_side, getattr(tok, "truncation_side", "right")
-    tok.padding_side, tok.truncation_side = "left", "left"
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+    return list(prompts), bool(chat)
+
+
+def cut_at_stop(text: str, stop_strings: Optional[Sequence[str]]) -> str:
+    """``text`` up to (not including) the first occurrence of any stop string."""
+    for stop in stop_strings or ():
+        pos = text.find(stop)
+        if pos >= 0:
+            text = text[:pos]
+    return text
+
+
+class _LeftPadding:
+    """Left padding and left truncation for the duration of a block (decoder-only generation
+    needs the prompt's last token at the end; long inputs keep their end, where the question is)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __enter__(self):
+        ensure_pad_token(self.tok)
+        self.saved = self.tok.padding_side, getattr(self.tok, "truncation_side", "right")
+        self.tok.padding_side, self.tok.truncation_side = "left", "left"
+        return self.tok
+
+    def __exit__(self, *exc):
+        self.tok.padding_side, self.tok.truncation_side = self.saved
+
+
+def _generate_batch(model, tok, texts: Sequence[str], templated: bool, max_length: int, max_new_tokens: int,
+                    stop_strings: Optional[Sequence[str]], **sampling) -> List[str]:
+    enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+              add_special_tokens=not templated).to(model_device(model))
+    extra = {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}
+    gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=tok.pad_token_id,
+                         use_cache=True, **sampling, **extra)
+    decoded = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [cut_at_stop(t, stop_strings) for t in decoded]
+
+
+def _can_stop_early(tok, stop_strings: Optional[Sequence[str]]) -> bool:
+    """Whether transformers' ``StopStringCriteria`` can be built for this tokenizer (it fails
+    on some, e.g. word-level vocabularies). Without it generation runs to ``max_new_tokens``
+    and the text is still cut at the stop string, so the output is the same, only slower."""
+    if not stop_strings:
+        return False
+    key = (id(tok), tuple(stop_strings))
+    if key not in _STOP_OK:
+        from transformers import StopStringCriteria
+
+        try:
+            StopStringCriteria(tok, list(stop_strings))
+            _STOP_OK[key] = True
+        except (ValueError, KeyError, TypeError) as err:
+            logger.info("stop strings %r cannot stop generation early with this tokenizer (%s); cutting afterwards",
+                        list(stop_strings), err)
+            _STOP_OK[key] = False
+    return _STOP_OK[key]
+
+
+_STOP_OK: Dict[tuple, bool] = {}
+
+
+_GREEDY = {"do_sample": False, "top_p": None, "top_k": None, "temperature": None}
+
+
+@torch.inference_mode()
+def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch_size: int = 32,
+             chat: Union[bool, str] = False, max_length: int = 1024, desc: str = "generate",
+             stop_strings: Optional[Sequence[str]] = None) -> List[str]:
+    """Greedy continuations (new text only), batched with left padding and the KV cache.
+
+    ``chat=True`` wraps each prompt as one user turn with the tokenizer's chat template
+    (``"auto"``: when it has one). Prompts longer than ``max_length`` tokens keep their last
+    ``max_length`` tokens. Generation of a sequence stops at any of ``stop_strings``, which are
+    cut from the text. Prompts are sorted by length so batches carry little padding; the
+    outputs equal one-prompt-at-a-time greedy decoding (tested).
+    """
+    texts, templated = format_prompts(tok, prompts, chat)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: List[Optional[str]] = [None] * len(texts)
+    with _LeftPadding(tok):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
             idx = order[start : start + batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length, add_special_tokens=not chat).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tok.pad_token_id, use_cache=True, top_p=None, top_k=None,
-                                 temperature=None)
-            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, t in zip(idx, texts):
+            batch = _generate_batch(model, tok, [texts[i] for i in idx], templated, max_length, max_new_tokens,
+                                    stop_strings, **_GREEDY)
+            for i, t in zip(idx, batch):
                 out[i] = t
-    finally:
-        tok.padding_side, tok.truncation_side = side, trunc
     return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def sample(model, tok, prompt: str, num_samples: int = 25, max_new_tokens: int = 20, top_p: float = 0.9,
+           temperature: float = 1.0, seed: int = 0, chat: Union[bool, str] = False, max_length: int = 1024,
+           stop_strings: Optional[Sequence[str]] = None) -> List[str]:
+    """``num_samples`` nucleus-sampled continuations of one prompt (the standard
+    RealToxicityPrompts protocol: 25 samples, top-p 0.9, temperature 1). Seeded per call with
+    the global torch RNG state saved and restored, so a prompt's samples do not depend on
+    which prompts ran before it (a resumed run samples exactly what an uninterrupted one did)."""
+    texts, templated = format_prompts(tok, [prompt], chat)
+    devices = [model_device(model)] if model_device(model).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _LeftPadding(tok):
+        torch.manual_seed(seed)
+        return _generate_batch(model, tok, texts * num_samples, templated, max_length, max_new_tokens, stop_strings,
+                               do_sample=True, top_p=top_p, top_k=0, temperature=temperature)
 
 
 def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None, min_prompt_toxicity: float = 0.5,
@@ -132,11 +217,31 @@ def repetition_rate(texts: Sequence[str], n: int = 4) -> float:
     return float(np.mean(rates)) if rates else 0.0
 
 
+def _word_tokenize(text: str) -> List[str]:
+    """NLTK's word tokenizer (what EasyEdit's ``n_gram_entropy`` uses) without its sentence
+    splitter, which needs the downloadable punkt model; whitespace split without NLTK."""
+    global _NLTK_WORDS
+    if _NLTK_WORDS is None:
+        try:
+            from nltk.tokenize import NLTKWordTokenizer
+
+            _NLTK_WORDS = NLTKWordTokenizer().tokenize
+        except ImportError:
+            logger.warning("nltk is not installed: n-gram entropy uses whitespace tokens")
+            _NLTK_WORDS = str.split
+    return _NLTK_WORDS(text)
+
+
+_NLTK_WORDS = None
+
+
 def ngram_entropy(texts: Sequence[str], ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
-    """Weighted n-gram entropy (bits) of each text, averaged (the fluency measure SafeEdit reports)."""
+    """Weighted n-gram entropy (bits) of each text, averaged: EasyEdit's ``n_gram_entropy``
+    (the fluency measure SafeEdit reports): mean over n of weight_n x entropy of the text's
+    n-gram frequencies, then the mean over texts."""
     values = []
     for t in texts:
-        words = t.split()
+        words = _word_tokenize(t)
         ent = []
         for n in ns:
             counts = Counter(tuple(words[i : i + n]) for i in range(max(0, len(words) - n + 1)))
@@ -167,6 +272,41 @@ def perplexity(model, tok, texts: Sequence[str], max_length: int = 128, batch_si
     finally:
         tok.padding_side = side
     return math.exp(nll / max(count, 1))
+
+
+@torch.inference_mode()
+def answer_token_accuracy(model, tok, prompts: Sequence[str], answers: Sequence[str], max_length: int = 512,
+                          batch_size: int = 8) -> np.ndarray:
+    """Per pair, the share of the answer's tokens that are the model's argmax prediction
+    given the prompt and the answer's earlier tokens (teacher forcing; EasyEdit's token
+    accuracy for locality). The answer is tokenised after a space, without special tokens."""
+    ensure_pad_token(tok)
+    device = model_device(model)
+    out = np.zeros(len(prompts))
+    for start in range(0, len(prompts), batch_size):
+        seqs, spans = [], []
+        for p, a in zip(prompts[start : start + batch_size], answers[start : start + batch_size]):
+            p_ids = tok(p, add_special_tokens=True)["input_ids"]
+            a_ids = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
+            ids = (p_ids + a_ids)[-max_length:]
+            n_a = min(len(a_ids), len(ids) - 1)
+            seqs.append(ids)
+            spans.append(n_a)
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        pred = logits.argmax(-1).cpu()
+        for i, (s, n_a) in enumerate(zip(seqs, spans)):
+            if n_a <= 0:
+                continue
+            target = torch.tensor(s[len(s) - n_a :])
+            guess = pred[i, len(s) - n_a - 1 : len(s) - 1]
+            out[start + i] = float((guess == target).float().mean())
+    return out
 
 
 def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> Dict[str, float]:

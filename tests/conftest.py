@@ -42,12 +42,12 @@ def _randomise_norms(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_tiny(kind: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 3, vocab: int = 64,
-              dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+              dtype: torch.dtype = torch.float32, max_positions: int = 64) -> torch.nn.Module:
     import transformers as tf
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
     if kind == "llama":
         model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
     elif kind == "qwen2":
@@ -97,3 +97,14 @@ def state_copy(model: torch.nn.Module) -> dict:
 def assert_same_state(model: torch.nn.Module, state: dict) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"{k} changed"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tok) -> Path:
+    """A tiny random Llama and the word-level tokenizer saved as a local model folder, for
+    end-to-end runs of the benchmark harness (``model.path=<this>``)."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model = make_tiny("llama", vocab=len(tiny_tok), layers=2, max_positions=256)
+    model.save_pretrained(path)
+    tiny_tok.save_pretrained(path)
+    return path

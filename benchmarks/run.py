@@ -1,0 +1,128 @@
+"""One benchmark run, or a Hydra multirun of many.
+
+    python -m benchmarks.run method=ModelSurgery model=smollm2-135m benchmark=rtp benchmark.limit=200
+    python -m benchmarks.run -m method=ModelSurgery,DINM,none benchmark=safeedit,rtp,toxigen
+    python -m benchmarks.run -m method=ModelSurgery benchmark=rtp hparams.alpha=0.5,1,2
+
+Each run writes into its Hydra output dir: ``config.yaml`` (resolved), ``results.jsonl``
+(one line per item, appended as items finish) and ``metrics.json``. Starting a run again with
+the same output dir (``hydra.run.dir=...``, or the same ``hydra.sweep.dir`` for a multirun)
+resumes it: finished items are read back, not redone. ``python -m benchmarks.report DIR``
+puts the runs side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from .methods import get_method_class, method_config_nodes
+from .protocols import Generation, RunContext, get_benchmark_class, benchmark_config_nodes, load_safeedit
+from .store import CONFIG, ResultStore, atomic_write_text
+
+logger = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def register_configs() -> None:
+    """Put the generated ``method/*`` and ``benchmark/*`` config nodes in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, node in method_config_nodes().items():
+        cs.store(group="method", name=name, node=node, package="_global_")
+    for name, node in benchmark_config_nodes().items():
+        cs.store(group="benchmark", name=name, node=node)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
+    """Run (or resume) one benchmark for one method and model; returns the metrics."""
+    from surgery_editor.judges import get_judge
+    from surgery_editor.models import load_model
+
+    out_dir = Path(out_dir)
+    method_cls = get_method_class(cfg.method.name)
+    bench_cls = get_benchmark_class(cfg.benchmark.name)
+    bench = bench_cls(_plain(cfg.benchmark), data_dir=cfg.data_dir)
+    generation = Generation(**_plain(cfg.generation))
+
+    # Everything that can be wrong with the input fails here, before the model loads.
+    items = bench.load_items()
+    judge_name = cfg.judge or bench.default_judge
+    judge = get_judge(judge_name, **(_plain(cfg.judge_kwargs) or {}))
+    method = method_cls(cfg.model.name, variant=cfg.method.variant, overrides=_plain(cfg.hparams) or {},
+                        hparams_file=cfg.method.hparams_file, device=cfg.device,
+                        **({"backend": cfg.method.backend} if method_cls.name == "DINM" else {}))
+    store = ResultStore(out_dir)
+    atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+    model, tok = load_model(cfg.model.path, device=cfg.device, dtype=cfg.model.get("dtype"))
+    ctx = RunContext(model=model, tok=tok, method=method, judge=judge, generation=generation,
+                     data_dir=cfg.data_dir, seed=cfg.seed)
+
+    edit_seconds = 0.0
+    handle = None
+    edited_with: Optional[str] = None
+    if method.per_instance and not bench.instance_edits:
+        inst = load_safeedit(cfg.edit_instance.path, cfg.data_dir, limit=cfg.edit_instance.index + 1)
+        if len(inst) <= cfg.edit_instance.index:
+            raise IndexError(f"edit_instance.index {cfg.edit_instance.index} is past the end of "
+                             f"{cfg.edit_instance.path} ({len(inst)} records)")
+        edited_with = f"{cfg.edit_instance.path}#{inst[-1]['key']}"
+        start = time.perf_counter()
+        handle = method.edit(model, tok, [inst[-1]["request"]])
+        edit_seconds = time.perf_counter() - start
+    elif not method.per_instance:
+        start = time.perf_counter()
+        handle = method.edit(model, tok, [])
+        edit_seconds = time.perf_counter() - start
+
+    todo = [it for it in items if it["key"] not in store]
+    logger.info("%s on %s (%s): %d items, %d to do", method.label, bench.name, cfg.model.name, len(items), len(todo))
+    chunks = iter(bench.evaluate(ctx, todo) if todo else ())
+    while True:
+        start = time.perf_counter()
+        rows = next(chunks, None)
+        if rows is None:
+            break
+        spent = time.perf_counter() - start - sum(r.get("edit_seconds", 0.0) for r in rows)
+        for r in rows:
+            r["eval_seconds"] = spent / len(rows)
+        store.append(rows)
+    method.restore(model, handle)
+
+    rows = store.ordered([it["key"] for it in items])
+    metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
+               "protocol": bench.protocol, "judge": judge_name, "dinm_backend": None, "edited_with": edited_with,
+               **method.info(), **bench.metrics(rows)}
+    per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)
+    metrics["edit_seconds"] = edit_seconds + per_instance_edits
+    metrics["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in rows)
+    store.write_metrics(metrics)
+    logger.info("metrics: %s", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def _main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_configs()
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+    def main(cfg: DictConfig) -> None:
+        run(cfg, HydraConfig.get().runtime.output_dir)
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()

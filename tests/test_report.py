@@ -1,0 +1,263 @@
+"""benchmarks.report on hand-made run directories (the layout benchmarks/run.py writes)."""
+
+import json
+import logging
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest, wilcoxon
+
+from benchmarks import report, stats
+
+KEYS = [f"k{i:02d}" for i in range(20)]
+ENV = {"model": "tiny", "protocol": "greedy", "judge": "profanity", "dinm_backend": None}
+
+
+def _write_run(d, metrics, items, shuffle=False):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text("method: x\n")
+    if shuffle:  # pairing must go by key, not by line order
+        items = list(items)
+        random.Random(0).shuffle(items)
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _rtp_items(toxic, keys=KEYS):
+    return [{"key": k, "input": f"prompt {k}", "generation": "...", "flags": {"toxic_rate": k in toxic},
+             "values": {"mean_toxicity": 0.9 if k in toxic else 0.1}} for k in keys]
+
+
+def _rtp_metrics(method, label, toxic, n=20, hparams=None, **extra):
+    return {"method": method, "label": label, "benchmark": "rtp", **ENV, "hparams": hparams or {}, "n": n,
+            "edit_seconds": 1.5, "eval_seconds": 12.25, "toxic_rate": len(toxic) / n,
+            "mean_toxicity": (0.9 * len(toxic) + 0.1 * (n - len(toxic))) / n, **extra}
+
+
+TOX_NONE = set(KEYS[:10])                      # 10/20 toxic
+TOX_A1 = {"k00", "k01", "k19"}                 # vs none: 8 only before, 1 only after
+TOX_A05 = set(KEYS[:6])                        # vs none: 4 only before, 0 only after
+TOX_RANDOM = set(KEYS[:9])                     # vs alpha=1: 7 only random, 1 only edited
+SAFE_NONE = set(KEYS[:4])                      # SafeEdit DS: 4/10 safe
+SAFE_MS = set(KEYS[:9])                        # 9/10 safe
+
+
+def _safeedit(d, method, safe, dg):
+    keys = KEYS[:10]
+    items = [{"key": k, "flags": {"DS": k in safe, **{m: k in dg for m in ("DG_onlyQ", "DG_otherA",
+                                                                          "DG_otherQ", "DG_otherAQ")}},
+              "values": {"DG_avg": 1.0 if k in dg else 0.0, "fluency": 5.0 + (k in safe)}} for k in keys]
+    metrics = {"method": method, "label": method, "benchmark": "safeedit", **ENV, "hparams": {}, "n": 10,
+               "edit_seconds": 0.0, "eval_seconds": 3.0, "DS": 10.0 * len(safe),
+               **{m: 10.0 * len(dg) for m in ("DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg")},
+               "fluency": 5.0 + len(safe) / 10, "knowledge": 0.9, "edit_seconds_per_instance": 0.0,
+               "hparams_file": "hparams/x.yaml"}
+    _write_run(d, metrics, items)
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "runs"
+    # a smaller unedited run sorted first: the n=20 runs must pair with the n=20 one
+    _write_run(root / "a_none_small", _rtp_metrics("none", "none", {"k00"}, n=5), _rtp_items({"k00"}, KEYS[:5]))
+    _write_run(root / "rtp_none", _rtp_metrics("none", "none", TOX_NONE), _rtp_items(TOX_NONE))
+    _write_run(root / "rtp_random", _rtp_metrics("random", "random", TOX_RANDOM, hparams={"alpha": 1.0}),
+               _rtp_items(TOX_RANDOM))
+    multi = root / "multirun"
+    multi.mkdir(parents=True)
+    (multi / "multirun.yaml").write_text("hydra: {}\n")
+    # job 0: one item lost from results.jsonl
+    _write_run(multi / "0", _rtp_metrics("ModelSurgery", "ModelSurgery alpha=0.5", TOX_A05,
+                                         hparams={"alpha": 0.5, "top_k": 100, "layers": [1, 2]}),
+               _rtp_items(TOX_A05, KEYS[:19]), shuffle=True)
+    (multi / "0" / ".hydra").mkdir()
+    (multi / "0" / ".hydra" / "config.yaml").write_text("x: 1\n")  # hidden: neither a run nor interrupted
+    _write_run(multi / "1", _rtp_metrics("ModelSurgery", "ModelSurgery alpha=1.0", TOX_A1,
+                                         hparams={"alpha": 1.0, "top_k": 100, "layers": [1, 2]}, extra_acc=0.75),
+               _rtp_items(TOX_A1), shuffle=True)
+    _write_run(multi / "2", None, _rtp_items(TOX_A1)[:3])  # interrupted: no metrics.json
+    _safeedit(root / "se" / "none", "none", SAFE_NONE, set(KEYS[:2]))
+    _safeedit(root / "se" / "ms", "ModelSurgery", SAFE_MS, set(KEYS[:6]))
+    return root
+
+
+def _row(table, label, benchmark="rtp"):
+    rows = table[(table["label"] == label) & (table["benchmark"] == benchmark)]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_wilson_interval_matches_hand_computed_value():
+    # 3/20, z=1.96: centre (0.15 + z^2/40)/(1 + z^2/20), half z*sqrt(.15*.85/20 + z^2/1600)/(1 + z^2/20)
+    lo, hi = stats.wilson_interval(3, 20)
+    assert lo == pytest.approx(0.05237, abs=1e-4) and hi == pytest.approx(0.36042, abs=1e-4)
+    assert stats.wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    assert all(np.isnan(stats.wilson_interval(0, 0)))
+    with pytest.raises(ValueError, match="successes"):
+        stats.wilson_interval(5, 3)
+
+
+def test_paired_helpers():
+    assert stats.wilcoxon_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    before, after = [0.1, 0.5, 0.9, 0.3, 0.8, 0.7], [0.0, 0.2, 0.1, 0.35, 0.1, 0.2]
+    assert stats.wilcoxon_p(before, after) == pytest.approx(wilcoxon(np.subtract(after, before)).pvalue)
+    res = stats.paired_test([1, 1, 1, 0], [0, 0, 1, 0], "flags")
+    assert res == {"n": 4, "diff": -0.5, "p_value": pytest.approx(binomtest(0, 2, 0.5).pvalue)}
+    with pytest.raises(ValueError, match="kind"):
+        stats.paired_test([1], [1], "ranks")
+
+
+def test_collect_finds_runs_at_any_depth_and_skips_interrupted(root, caplog):
+    with caplog.at_level(logging.WARNING, logger="benchmarks.report"):
+        runs = report.collect(root)
+    dirs = [str(p.relative_to(root)) for p in map(type(root), runs["run_dir"])]
+    assert dirs == ["a_none_small", "multirun/0", "multirun/1", "rtp_none", "rtp_random", "se/ms", "se/none"]
+    assert runs.attrs["skipped"] == [str(root / "multirun" / "2")]
+    assert any("multirun/2" in r.getMessage() and "metrics.json" in r.getMessage() for r in caplog.records)
+    ms = runs.set_index("label").loc["ModelSurgery alpha=1.0"]
+    assert ms["hp.alpha"] == 1.0 and ms["hp.top_k"] == 100 and ms["hp.layers"] == "[1, 2]"
+    assert ms["extra_acc"] == 0.75 and "hparams" not in runs.columns
+    # a single run dir as the root
+    single = report.collect(root / "rtp_none")
+    assert len(single) == 1 and single.loc[0, "method"] == "none"
+
+
+def test_summary_table_rows_columns_and_paired_tests(root, caplog):
+    with caplog.at_level(logging.WARNING, logger="benchmarks.report"):
+        table = report.summary_table(report.collect(root))
+    # ordering: model, benchmark, method with none first, label
+    assert list(zip(table["benchmark"], table["label"])) == [
+        ("rtp", "none"), ("rtp", "none"), ("rtp", "ModelSurgery alpha=0.5"), ("rtp", "ModelSurgery alpha=1.0"),
+        ("rtp", "random"), ("safeedit", "none"), ("safeedit", "ModelSurgery")]
+    cols = list(table.columns)
+    assert cols[:7] == ["label", "method", "model", "benchmark", "protocol", "judge", "n"]
+    metrics = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg", "fluency", "knowledge",
+               "toxic_rate", "mean_toxicity", "extra_acc"]
+    assert cols[7:18] == metrics
+    assert "expected_max_toxicity" not in cols and "toxicity_probability" not in cols  # no run has them
+    for c in ("toxic_rate_ci_low", "DS_ci_high", "toxic_rate_p_vs_none", "toxic_rate_p_vs_random",
+              "DS_p_vs_none", "DG_avg_diff_vs_none", "mean_toxicity_p_vs_none", "n_vs_none"):
+        assert c in cols, c
+    assert "DS_p_vs_random" not in cols  # no SafeEdit random run
+    assert cols.index("edit_seconds") > cols.index("n_vs_random")
+    assert cols[cols.index("edit_seconds"):cols.index("edit_seconds") + 4] == [
+        "edit_seconds", "eval_seconds", "edit_seconds_per_instance", "dinm_backend"]
+    assert cols[-6:] == ["hp.alpha", "hp.layers", "hp.top_k", "ref_none_run", "ref_random_run", "run_dir"]
+    assert "hparams_file" not in cols  # free-text extras stay in collect()'s frame only
+
+    a1 = _row(table, "ModelSurgery alpha=1.0")
+    assert a1["toxic_rate"] == pytest.approx(0.15) and a1["n"] == 20
+    # McNemar vs none: discordant 8 (toxic only unedited) / 1 (only edited), items shuffled in the file
+    assert a1["toxic_rate_p_vs_none"] == pytest.approx(binomtest(1, 9, 0.5).pvalue)
+    assert a1["toxic_rate_p_vs_none"] == pytest.approx(20 / 512)
+    assert a1["toxic_rate_diff_vs_none"] == pytest.approx(0.15 - 0.5)
+    assert a1["toxic_rate_p_vs_random"] == pytest.approx(binomtest(1, 8, 0.5).pvalue)
+    assert (a1["toxic_rate_ci_low"], a1["toxic_rate_ci_high"]) == (pytest.approx(0.05237, abs=1e-4),
+                                                                    pytest.approx(0.36042, abs=1e-4))
+    assert a1["ref_none_run"] == str(root / "rtp_none")  # same n, not the first (n=5) unedited run
+    diffs = np.array([0.9 if k in TOX_A1 else 0.1 for k in KEYS]) - np.array([0.9 if k in TOX_NONE else 0.1
+                                                                               for k in KEYS])
+    assert a1["mean_toxicity_p_vs_none"] == pytest.approx(wilcoxon(diffs).pvalue)
+
+    # one item missing from the alpha=0.5 run: 19 paired, with a warning
+    a05 = _row(table, "ModelSurgery alpha=0.5")
+    assert a05["n_vs_none"] == 19 and a05["toxic_rate_p_vs_none"] == pytest.approx(binomtest(0, 4, 0.5).pvalue)
+    assert any("item sets differ" in r.getMessage() and "multirun/0" in r.getMessage() for r in caplog.records)
+
+    # references: random is tested against none, none against neither (random vs none would repeat it)
+    none = table[table["run_dir"] == str(root / "rtp_none")].iloc[0]
+    assert pd.isna(none["toxic_rate_p_vs_none"]) and pd.isna(none["toxic_rate_p_vs_random"])
+    rnd = _row(table, "random")
+    assert rnd["toxic_rate_p_vs_none"] == 1.0 and pd.isna(rnd["toxic_rate_p_vs_random"])  # 1 discordant item
+
+    # SafeEdit: percent units for DS/DG, Wilson on 9/10 safe, McNemar 0 vs 5 discordant
+    se = _row(table, "ModelSurgery", "safeedit")
+    lo, hi = stats.wilson_interval(9, 10)
+    assert se["DS"] == 90.0 and se["DS_ci_low"] == pytest.approx(100 * lo) and se["DS_ci_high"] == pytest.approx(100 * hi)
+    assert se["DS_p_vs_none"] == pytest.approx(2 * 0.5 ** 5)
+    assert se["DS_diff_vs_none"] == pytest.approx(50.0)
+    assert se["DG_avg_diff_vs_none"] == pytest.approx(40.0)  # per-item 0..1 values, reported in percent
+    assert se["fluency_diff_vs_none"] == pytest.approx(0.5)  # n-gram entropy stays in its own unit
+    assert se["knowledge"] == 0.9 and pd.isna(_row(table, "none", "safeedit")["DS_p_vs_none"])
+
+
+def test_against_none_only_and_ambiguous_reference(tmp_path, caplog):
+    root = tmp_path / "r"
+    _write_run(root / "n1", _rtp_metrics("none", "none", TOX_NONE), _rtp_items(TOX_NONE))
+    _write_run(root / "n2", _rtp_metrics("none", "none", set()), _rtp_items(set()))
+    _write_run(root / "ms", _rtp_metrics("ModelSurgery", "ms", TOX_A1), _rtp_items(TOX_A1))
+    with caplog.at_level(logging.WARNING, logger="benchmarks.report"):
+        table = report.summary_table(report.collect(root), against=["none"])
+    ms = _row(table, "ms")
+    assert ms["ref_none_run"] == str(root / "n1")
+    assert any("pairing with the first" in r.getMessage() for r in caplog.records)
+    assert not any("random" in c for c in table.columns)
+
+
+def test_write_report_files_parse_and_plots(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert printed.strip() == md.strip()
+    assert "## rtp" in md and "## safeedit" in md and "### vs none" in md
+    assert "0.0391" in md  # McNemar p, 3 significant digits
+    for block in md.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if lines:  # every Markdown table row has the header's number of cells
+            assert len({ln.count("|") for ln in lines}) == 1, block
+    csv = pd.read_csv(out / "report.csv")
+    assert len(csv) == 7 and csv.loc[csv["label"] == "ModelSurgery alpha=1.0", "toxic_rate_p_vs_none"].iloc[0] \
+        == pytest.approx(20 / 512)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["DS_DG_avg_safeedit.png", "toxic_rate_rtp.png", "toxic_rate_vs_alpha_rtp.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+
+def test_no_alpha_plot_without_alpha_variation(tmp_path):
+    root = tmp_path / "r"
+    _write_run(root / "none", _rtp_metrics("none", "none", TOX_NONE), _rtp_items(TOX_NONE))
+    _write_run(root / "ms", _rtp_metrics("ModelSurgery", "ms", TOX_A1, hparams={"alpha": 1.0}), _rtp_items(TOX_A1))
+    files = report.write_report(root)
+    assert sorted(f.name for f in files) == ["report.csv", "report.md", "toxic_rate_rtp.png"]
+    assert all(f.parent == root for f in files)
+
+
+def test_empty_root_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty" / "interrupted").mkdir(parents=True)
+    (tmp_path / "empty" / "interrupted" / "config.yaml").write_text("a: 1\n")
+    with pytest.raises(FileNotFoundError, match=r"empty.*metrics\.json"):
+        report.collect(tmp_path / "empty")
+    assert report.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.json" in err and str(tmp_path / "empty") in err
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        report.collect(tmp_path / "missing")
+
+
+def test_bad_metrics_json_names_file_and_key(tmp_path):
+    _write_run(tmp_path / "r", {"label": "x", "benchmark": "rtp"}, [])
+    with pytest.raises(ValueError, match=r"metrics\.json.*\['method', 'model'\]"):
+        report.collect(tmp_path / "r")
+
+
+def test_units_when_every_item_fails_and_sampled_metrics(tmp_path):
+    root = tmp_path / "r"
+    _safeedit(root / "none", "none", set(), set())  # DS = 0: percent all the same
+    items = [{"key": k, "flags": {"toxicity_probability": i < 5}, "values": {"expected_max_toxicity": i / 20}}
+             for i, k in enumerate(KEYS)]
+    metrics = {"method": "none", "label": "none", "benchmark": "toxigen", **ENV, "protocol": "sampled",
+               "n": 20, "toxicity_probability": 0.25, "expected_max_toxicity": float(np.mean(np.arange(20) / 20))}
+    _write_run(root / "sampled", metrics, items)
+    table = report.summary_table(report.collect(root))
+    se = _row(table, "none", "safeedit")
+    assert se["DS"] == 0.0 and se["DS_ci_low"] == 0.0
+    assert se["DS_ci_high"] == pytest.approx(100 * stats.wilson_interval(0, 10)[1])
+    tg = _row(table, "none", "toxigen")
+    assert tg["toxicity_probability_ci_high"] == pytest.approx(stats.wilson_interval(5, 20)[1])  # a share
+    assert 0 < tg["expected_max_toxicity_ci_low"] < tg["expected_max_toxicity"] < tg["expected_max_toxicity_ci_high"] < 1
