@@ -39,6 +39,16 @@ def register_configs() -> None:
         cs.store(group="benchmark", name=name, node=node)
 
 
+def compose_config(*overrides: str) -> DictConfig:
+    """The run config for these command-line style overrides, without starting Hydra's app
+    (for notebooks and tests): ``run(compose_config("method=none", "benchmark.limit=5"), dir)``."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 

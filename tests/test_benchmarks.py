@@ -178,13 +178,9 @@ def test_sampling_is_seeded_per_prompt_and_leaves_global_rng(tiny_tok):
 
 
 def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
+    from benchmarks.run import compose_config
 
-    from benchmarks.run import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        return compose("config", overrides=list(overrides))
+    return compose_config(*overrides)
 
 
 def _tiny_overrides(tiny_model_dir, *extra):
