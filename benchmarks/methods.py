@@ -61,6 +61,7 @@ class Method:
                  hparams_file: Optional[str] = None, device: str = "cpu"):
         self.model_name, self.variant = model_name, variant
         self.hparams = None
+        self.base_settings: Dict[str, Any] = {}
         self.hparams_cls = self.hparams_class()
         fields = set(hparams_fields(self.hparams_cls))
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -79,6 +80,7 @@ class Method:
                                         f"{f' variant {variant!r}' if variant else ''}; files in {folder}: {options}")
             self.hparams_file = str(path)
             base = self.hparams_cls.from_hparams(str(path))
+            self.base_settings = base.to_dict()
             merged = {**base.to_dict(), **self.overrides, **self.fixed, "device": device}
             for group in self.exclusive:  # setting one key of a group clears the YAML's other
                 given = [k for k in group if k in self.overrides]
@@ -95,12 +97,16 @@ class Method:
         stem = f"{model_name}-{variant}" if variant else model_name
         return REPO / "hparams" / str(cls.hparams_dir) / f"{stem}.yaml"
 
+    # settings that do not change what the method does, left out of labels
+    bookkeeping = ("cache_dir", "data_dir", "batch_size", "activation_batch_size", "model_parallel")
+
     @property
     def label(self) -> str:
+        """``name[variant]`` plus the overrides that change the YAML's values (dicts by their
+        changed sub-keys), e.g. ``ModelSurgery alpha=0.5 probe_data.limit=150``."""
         label = self.name + (f"[{self.variant}]" if self.variant else "")
-        if self.overrides:
-            label += " " + " ".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
-        return label
+        changed = _changed(self.base_settings, {k: v for k, v in self.overrides.items() if k not in self.bookkeeping})
+        return " ".join([label, *(f"{k}={v}" for k, v in sorted(changed.items()))])
 
     @property
     def per_instance(self) -> bool:
@@ -197,8 +203,9 @@ class DINM(Method):
         hp = copy.copy(self.hparams)
         if not hp.layers:  # EasyEdit's SafetyEditor: locate the toxic layer per instance
             hp.layers = [int(self._locate(model, tok, requests[0]))]
-        suffix = self.eval_suffix()
-        edit_requests = [{**r, "prompt": f"{r['prompt']} {suffix}".rstrip()} for r in requests]
+        from surgery_editor.dinm import with_system_prompt
+
+        edit_requests = [with_system_prompt(r, self.eval_suffix()) for r in requests]
         _, weights_copy = self._apply(model, tok, edit_requests, hp, return_orig_weights=True)
         self.last_layers = list(hp.layers)
         return weights_copy
@@ -210,6 +217,18 @@ class DINM(Method):
         keys = ("layers", "num_steps", "lr", "weight_decay", "kl_factor", "norm_constraint", "rewrite_module_tmp")
         return {"hparams": {k: getattr(self.hparams, k, None) for k in keys}, "dinm_backend": self.backend,
                 "hparams_file": self.hparams_file}
+
+
+def _changed(base: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """The entries of ``new`` that differ from ``base``, nested dicts flattened to dotted keys."""
+    out: Dict[str, Any] = {}
+    for key, value in new.items():
+        old = base.get(key) if isinstance(base, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out.update(_changed(old, value, f"{prefix}{key}."))
+        elif value != old:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def hparams_fields(cls: Optional[type]) -> List[str]:

@@ -96,8 +96,18 @@ class LabelledTexts:
         return h.hexdigest()[:16]
 
 
+_REPO_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
-    return Path(data_dir or os.environ.get("SURGERY_EDITOR_DATA_DIR") or DEFAULT_DATA_DIR)
+    """``data_dir``, else ``$SURGERY_EDITOR_DATA_DIR``, else ``../shared/data`` from the
+    working directory, or, when that does not exist, next to this source checkout (so a
+    notebook run from ``notebooks/`` finds the same files)."""
+    chosen = data_dir or os.environ.get("SURGERY_EDITOR_DATA_DIR")
+    if chosen:
+        return Path(chosen)
+    default = Path(DEFAULT_DATA_DIR)
+    return default if default.exists() or not _REPO_DATA_DIR.exists() else _REPO_DATA_DIR
 
 
 def resolve_path(path: str, data_dir: Optional[str] = None) -> Optional[Path]:
