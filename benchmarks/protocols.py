@@ -52,7 +52,7 @@ class Generation:
 
     max_new_tokens: Optional[int] = None
     batch_size: int = 16
-    max_length: int = 1024  # prompt tokens kept (from the end) before generating
+    max_length: Optional[int] = None  # prompt tokens kept (from the end) before generating; None = 1024
     chat: Optional[Any] = None  # True / False / "auto"
 
 
@@ -108,7 +108,7 @@ class Benchmark:
     def gen_kwargs(self, ctx: RunContext) -> Dict[str, Any]:
         g = ctx.generation
         return {"max_new_tokens": g.max_new_tokens if g.max_new_tokens is not None else self.max_new_tokens,
-                "chat": g.chat if g.chat is not None else self.chat, "max_length": g.max_length,
+                "chat": g.chat if g.chat is not None else self.chat, "max_length": g.max_length or 1024,
                 "stop_strings": self.stop_strings}
 
     def _chunks(self, items: List[Dict[str, Any]], size: int, desc: str):

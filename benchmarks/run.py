@@ -53,6 +53,21 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _apply_scale(cfg: DictConfig):
+    """The benchmark and generation settings, with the ``scale`` preset's per-benchmark values
+    filling the keys the command line left unset (null)."""
+    bench_cfg, gen_cfg = _plain(cfg.benchmark), _plain(cfg.generation)
+    preset = (_plain(cfg.get("scale")) or {}).get(cfg.benchmark.name) or {}
+    for key, value in preset.items():
+        target = bench_cfg if key in bench_cfg else gen_cfg if key in gen_cfg else None
+        if target is None:
+            raise KeyError(f"scale {cfg.scale.name!r}: {cfg.benchmark.name}.{key} is neither a benchmark option "
+                           f"({sorted(bench_cfg)}) nor a generation option ({sorted(gen_cfg)})")
+        if target[key] is None:
+            target[key] = value
+    return bench_cfg, gen_cfg
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     """Run (or resume) one benchmark for one method and model; returns the metrics."""
     from surgery_editor.judges import get_judge
@@ -61,8 +76,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     out_dir = Path(out_dir)
     method_cls = get_method_class(cfg.method.name)
     bench_cls = get_benchmark_class(cfg.benchmark.name)
-    bench = bench_cls(_plain(cfg.benchmark), data_dir=cfg.data_dir)
-    generation = Generation(**_plain(cfg.generation))
+    bench_cfg, gen_cfg = _apply_scale(cfg)
+    bench = bench_cls(bench_cfg, data_dir=cfg.data_dir)
+    generation = Generation(**gen_cfg)
 
     # Everything that can be wrong with the input fails here, before the model loads.
     items = bench.load_items()
