@@ -315,3 +315,59 @@ def test_hydra_multirun_cli_with_hparams_override(tmp_path, tiny_model_dir):
     unknown = subprocess.run(base + ["method=Surgery", *args], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)
     assert unknown.returncode != 0 and "ModelSurgery" in unknown.stderr and "DINM" in unknown.stderr
+
+
+@needs_data
+def test_dinm_edits_per_instance_on_safeedit_and_once_on_rtp(tmp_path, tiny_model_dir, monkeypatch):
+    from benchmarks import methods
+    from benchmarks.run import run
+
+    edits = []
+    real_edit = methods.DINM.edit
+    monkeypatch.setattr(methods.DINM, "edit", lambda self, m, t, reqs: edits.append(reqs[0]["prompt"][:40])
+                        or real_edit(self, m, t, reqs))
+    common = ["method=DINM", "method.backend=ours", "hparams.num_steps=2", "hparams.max_length=128",
+              *_tiny_overrides(tiny_model_dir)]
+    se = run(_compose("benchmark=safeedit", "benchmark.limit=2", *common), tmp_path / "se")
+    assert len(edits) == 2 and edits[0] != edits[1]  # one edit per instance
+    assert se["dinm_backend"] == "surgery_editor" and se["edit_seconds"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "se" / "results.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["edited_layers"], list) for r in rows)
+
+    edits.clear()
+    rtp = run(_compose("benchmark=rtp", "benchmark.limit=3", "edit_instance.index=1", *common), tmp_path / "rtp")
+    assert len(edits) == 1 and rtp["edited_with"].endswith("#1")
+
+
+@needs_data
+def test_sigkill_midway_then_restart_resumes_to_identical_metrics(tmp_path, tiny_model_dir):
+    """The real thing: SIGKILL the CLI process once some items are written, start the same
+    command again, compare with an uninterrupted run."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "benchmarks.run", "method=none", "benchmark=rtp", "benchmark.limit=40",
+            f"model.path={tiny_model_dir}", f"data_dir={DATA_DIR}", "generation.max_new_tokens=60",
+            "generation.batch_size=1", "generation.max_length=48"]
+    killed_dir, full_dir = tmp_path / "killed", tmp_path / "full"
+    proc = subprocess.Popen(args + [f"hydra.run.dir={killed_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = killed_dir / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_bytes().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(results.read_bytes().splitlines())
+    assert 5 <= done_before < 40 and not (killed_dir / "metrics.json").exists()
+
+    subprocess.run(args + [f"hydra.run.dir={killed_dir}"], cwd=REPO, env=env, check=True, capture_output=True)
+    subprocess.run(args + [f"hydra.run.dir={full_dir}"], cwd=REPO, env=env, check=True, capture_output=True)
+    resumed = json.loads((killed_dir / "metrics.json").read_text())
+    full = json.loads((full_dir / "metrics.json").read_text())
+    assert _without_timings(resumed) == _without_timings(full)
+    assert len((killed_dir / "results.jsonl").read_text().splitlines()) == 40

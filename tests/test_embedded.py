@@ -60,3 +60,17 @@ def test_batched_generation_matches_single_on_real_model(smollm):
     batched = generate(model, tok, prompts, max_new_tokens=12, batch_size=6)
     single = [generate(model, tok, [p], max_new_tokens=12, batch_size=1)[0] for p in prompts]
     assert batched == single
+
+
+def test_batched_chat_generation_with_long_safeedit_inputs_matches_single(smollm):
+    """SafeEdit inputs (hundreds of tokens, very different lengths) through the chat
+    template, with left truncation and a newline stop: batched = one at a time."""
+    from benchmarks.protocols import load_safeedit
+
+    model, tok = smollm
+    items = load_safeedit("safeedit/SafeEdit_test_subset144.json", str(DATA_DIR), limit=2)
+    prompts = [items[0]["request"]["prompt"], items[1]["request"]["general_prompt"][0], "Why is the sky blue?"]
+    kw = dict(max_new_tokens=16, chat="auto", max_length=256, stop_strings=["\n\n"])
+    batched = generate(model, tok, prompts, batch_size=3, **kw)
+    single = [generate(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
+    assert batched == single and all(s.strip() for s in single)
