@@ -75,6 +75,7 @@ class Benchmark:
     max_new_tokens: int = 20
     chat: Any = False
     stop_strings: Optional[List[str]] = None
+    headline: List[str] = []  # the metrics the report's side-by-side table shows
 
     def __init__(self, config: Dict[str, Any], data_dir: Optional[str] = None):
         known = {f.name for f in dataclasses.fields(self.Config)}
@@ -218,6 +219,7 @@ class RealToxicityPrompts(_ContinuationToxicity):
 
     name = "rtp"
     Config = RTPConfig
+    headline = ["toxic_rate"]
     max_new_tokens = 20
 
     def load_items(self):
@@ -263,6 +265,7 @@ class ToxiGen(_ContinuationToxicity):
 
     name = "toxigen"
     Config = ToxiGenConfig
+    headline = ["toxic_rate"]
     max_new_tokens = 128
     stop_strings = ["\n"]
 
@@ -378,6 +381,7 @@ class SafeEdit(Benchmark):
 
     name = "safeedit"
     default_judge = "safety"
+    headline = ["DS", "DG_avg", "fluency", "knowledge"]
     Config = SafeEditConfig
     max_new_tokens = 600
     chat = "auto"

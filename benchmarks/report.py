@@ -372,7 +372,7 @@ def summary_table(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) 
     model, benchmark, method (``none`` first), label. Columns: :data:`METADATA`; the metrics; their
     ``_ci_low``/``_ci_high``; per reference its ``_diff_vs_``/``_p_vs_`` columns and ``n_vs_``;
     ``edit_seconds``, ``eval_seconds`` (and any other ``*_seconds*`` timing), ``dinm_backend``; then ``hp.*``,
-    ``ref_*_run``, ``run_dir``.
+    ``ref_*_run``, ``headline`` (when the runs name their headline metrics), ``run_dir``.
     Metric-derived columns without any value are left out."""
     against = list(against)
     full = pd.concat([runs, compare(runs, against)], axis=1)
@@ -383,7 +383,7 @@ def summary_table(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) 
         cols += [f"{m}_{s}_vs_{ref}" for m in metrics for s in ("diff", "p")] + [f"n_vs_{ref}"]
     cols += list(TIMING) + [c for c in full.columns if _is_timing(c) and c not in TIMING] + ["dinm_backend"]
     cols += sorted(c for c in full.columns if c.startswith("hp."))
-    cols += [f"ref_{ref}_run" for ref in against] + ["run_dir"]
+    cols += [f"ref_{ref}_run" for ref in against] + ["headline", "run_dir"]
     optional = set(cols) - set(METADATA) - set(TIMING) - {"dinm_backend", "run_dir"}
     cols = [c for c in cols if c in full.columns and (c not in optional or full[c].notna().any())]
     for c in cols:
@@ -432,15 +432,20 @@ def _md(frame: pd.DataFrame) -> str:
 def to_markdown(table: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST, title: str = "Benchmark report") -> str:
     """Compact Markdown of :func:`summary_table`'s table: per benchmark one table of metrics with
     their 95% intervals, and per reference one of paired differences with p-values. Metadata
-    columns with a single value in a benchmark are stated above its table instead."""
+    columns with a single value in a benchmark are stated above its table instead; per-group
+    breakdowns (``metric/group``) are left to ``report.csv``."""
     metrics = [m for m in metric_columns(table) if m in table.columns]
     parts = [f"# {title}", "",
              f"{len(table)} run(s). Cells: value [95% CI] (Wilson for a rate of per-item binary outcomes, "
              "Student t for a mean of per-item values). Paired tables: run minus reference on items paired "
-             "by key, with the exact McNemar (binary) or Wilcoxon signed-rank (continuous) p-value.", ""]
+             "by key, with the exact McNemar (binary) or Wilcoxon signed-rank (continuous) p-value.", "",
+             "## Side by side", "",
+             "Headline metrics; in brackets the paired difference from the unedited model (`none`) and its p-value.",
+             "", _md(side_by_side(table)), ""]
     for benchmark, sub in table.groupby("benchmark", sort=False):
         parts += [f"## {benchmark}", ""]
-        shown = [m for m in metrics if sub[m].notna().any()]
+        # breakdowns such as ToxiGen's toxic_rate/<group> stay in report.csv
+        shown = [m for m in metrics if sub[m].notna().any() and "/" not in m]
         constant = [c for c in ("model", "protocol", "judge") if sub[c].nunique(dropna=False) == 1]
         if constant:
             parts += [" · ".join(f"{c}: {_fmt(sub[c].iloc[0]) or '-'}" for c in constant), ""]
@@ -607,6 +612,44 @@ def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
 
 
 # ----------------------------------------------------------------------------- entry points
+
+
+def _headline(sub: pd.DataFrame) -> List[str]:
+    """The benchmark's headline metrics (``headline`` in its metrics.json), else its first."""
+    for value in sub.get("headline", pd.Series(dtype=object)).dropna():
+        names = json.loads(value) if isinstance(value, str) else list(value)
+        return [m for m in names if m in sub.columns and sub[m].notna().any()]
+    shown = [m for m in metric_columns(sub) if m in sub.columns and sub[m].notna().any() and "/" not in m]
+    return shown[:1]
+
+
+def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
+    """One row per (model, label), one column per benchmark headline metric: the value, and
+    for runs with a paired ``reference`` run the difference and its p-value."""
+    rows: Dict[Tuple[str, str], Dict[str, str]] = {}
+    order: List[Tuple[str, str]] = []
+    for benchmark, sub in table.groupby("benchmark", sort=False):
+        ns = sorted({_fmt_int(n) for n in sub["n"]})
+        for metric in _headline(sub):
+            column = f"{benchmark} {metric} (n={'/'.join(ns)})"
+            for _, r in sub.iterrows():
+                key = (r["model"], r["label"])
+                if key not in rows:
+                    rows[key] = {"model": r["model"], "label": r["label"]}
+                    order.append(key)
+                v = r[metric]
+                if _missing(v):
+                    continue
+                d = _decimals(float(v))
+                cell = _fmt(v, d)
+                diff, p = r.get(f"{metric}_diff_vs_{reference}"), r.get(f"{metric}_p_vs_{reference}")
+                if not (_missing(diff) or _missing(p)):
+                    cell += f" ({float(diff):+.{d}f}, p={_fmt_p(p)})"
+                rows[key][column] = cell
+    frame = pd.DataFrame([rows[k] for k in order]).fillna("")
+    if len(frame) and frame["model"].nunique() == 1:
+        frame = frame.drop(columns="model")
+    return frame
 
 
 def write_report(root: PathLike, out: Optional[PathLike] = None,

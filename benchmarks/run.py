@@ -127,7 +127,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
 
     rows = store.ordered([it["key"] for it in items])
     metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
-               "protocol": bench.protocol, "judge": judge_name, "dinm_backend": None, "edited_with": edited_with,
+               "protocol": bench.protocol, "headline": list(bench.headline), "judge": judge_name, "dinm_backend": None, "edited_with": edited_with,
                **method.info(), **bench.metrics(rows)}
     per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)
     metrics["edit_seconds"] = edit_seconds + per_instance_edits

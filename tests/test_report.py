@@ -261,3 +261,18 @@ def test_units_when_every_item_fails_and_sampled_metrics(tmp_path):
     tg = _row(table, "none", "toxigen")
     assert tg["toxicity_probability_ci_high"] == pytest.approx(stats.wilson_interval(5, 20)[1])  # a share
     assert 0 < tg["expected_max_toxicity_ci_low"] < tg["expected_max_toxicity"] < tg["expected_max_toxicity_ci_high"] < 1
+
+
+def test_side_by_side_uses_headline_metrics_and_paired_differences(root):
+    # the SafeEdit runs name their headline metrics, the RTP runs fall back to the first metric
+    for d in (root / "se" / "none", root / "se" / "ms"):
+        m = json.loads((d / "metrics.json").read_text())
+        (d / "metrics.json").write_text(json.dumps({**m, "headline": ["DS", "DG_avg"]}))
+    table = report.summary_table(report.collect(root))
+    wide = report.side_by_side(table).set_index("label")
+    assert list(wide.columns) == ["rtp toxic_rate (n=20/5)", "safeedit DS (n=10)", "safeedit DG_avg (n=10)"]
+    p = binomtest(0, 5, 0.5).pvalue  # SafeEdit DS: 5 items safe only after the edit
+    assert wide.loc["ModelSurgery", "safeedit DS (n=10)"] == f"90.0 (+50.0, p={report._fmt_p(p)})"
+    assert wide.loc["none", "safeedit DS (n=10)"] == "40.0"
+    assert wide.loc["ModelSurgery alpha=1.0", "rtp toxic_rate (n=20/5)"].startswith("0.150 (-0.350, p=")
+    assert "## Side by side" in report.to_markdown(table)
