@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import general  # noqa: F401  (registers benchmark=general)
 from .methods import get_method_class, method_config_nodes
 from .protocols import Generation, RunContext, get_benchmark_class, benchmark_config_nodes, load_safeedit
 from .store import CONFIG, ResultStore, atomic_write_text

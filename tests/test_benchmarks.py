@@ -254,7 +254,7 @@ def test_model_surgery_and_random_control_edit_once_and_restore(tmp_path, tiny_m
 def test_bad_names_list_the_valid_ones():
     with pytest.raises(KeyError, match=r"valid methods: .*'DINM'.*'ModelSurgery'.*'none'.*'random'"):
         get_method_class("Surgery")
-    with pytest.raises(KeyError, match=r"valid benchmarks: \['rtp', 'safeedit', 'toxigen'"):
+    with pytest.raises(KeyError, match=r"valid benchmarks: \['general', 'rtp', 'safeedit', 'toxigen'"):
         get_benchmark_class("realtox")
     with pytest.raises(KeyError, match=r"unknown option\(s\) \['limt'\]"):
         get_benchmark_class("rtp")({"limt": 3})
