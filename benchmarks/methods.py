@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Type
 
-import torch
+from surgery_editor.dinm import restore_weights
+from surgery_editor.registry import lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -27,25 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def register_method(cls: Type["Method"]) -> Type["Method"]:
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} is already registered")
-    METHODS[cls.name] = cls
-    return cls
+    return register(METHODS, cls.name, cls, "method")
 
 
 def get_method_class(name: str) -> Type["Method"]:
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown method {name!r}{hint}; valid methods: {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def restore_weights(model: torch.nn.Module, weights_copy: Mapping[str, torch.Tensor]) -> None:
-    """Copy the saved original tensors back into the model's parameters (bit-exact)."""
-    with torch.no_grad():
-        for name, original in weights_copy.items():
-            model.get_parameter(name).copy_(original)
+    return lookup(METHODS, name, "method")
 
 
 class Method:
@@ -186,7 +172,7 @@ class DINM(Method):
     def __init__(self, *args, backend: str = "auto", **kwargs):
         from surgery_editor.dinm import dinm_backend
 
-        self._apply, self._locate, self._backend_hparams, self.backend = dinm_backend(backend)
+        self._apply, self._locate, _, self.backend = dinm_backend(backend)  # hparams: ours, same keys
         super().__init__(*args, **kwargs)
 
     @classmethod

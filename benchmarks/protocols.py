@@ -11,9 +11,9 @@ pairs across methods. Add one with ``@register_benchmark`` on a subclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from surgery_editor.data import load_table, resolve_data_dir
 from surgery_editor.evaluation import answer_token_accuracy, generate, ngram_entropy, sample
 from surgery_editor.judges import TOXIC_THRESHOLD
+from surgery_editor.registry import lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +32,11 @@ BENCHMARKS: Dict[str, Type["Benchmark"]] = {}
 
 
 def register_benchmark(cls: Type["Benchmark"]) -> Type["Benchmark"]:
-    if cls.name in BENCHMARKS:
-        raise ValueError(f"benchmark {cls.name!r} is already registered")
-    BENCHMARKS[cls.name] = cls
-    return cls
+    return register(BENCHMARKS, cls.name, cls, "benchmark")
 
 
 def get_benchmark_class(name: str) -> Type["Benchmark"]:
-    if name not in BENCHMARKS:
-        close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown benchmark {name!r}{hint}; valid benchmarks: {sorted(BENCHMARKS)}")
-    return BENCHMARKS[name]
+    return lookup(BENCHMARKS, name, "benchmark")
 
 
 @dataclass
@@ -187,8 +181,6 @@ class _ContinuationToxicity(Benchmark):
 
 
 def _stable_int(key: str) -> int:
-    import zlib
-
     return zlib.crc32(str(key).encode())
 
 

@@ -35,20 +35,16 @@ else this implementation.
 from __future__ import annotations
 
 import copy as copy_module
-import dataclasses
 import difflib
 import inspect
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from . import architectures as arch
@@ -73,6 +69,8 @@ TEMPLATE_KEYS = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "at
 # ---------------------------------------------------------------------------------------
 @dataclass
 class DINMHyperParams(_HyperParamsBase):
+    ALG_NAME: ClassVar[str] = ALG_NAME
+
     """EasyEdit's ``DINMHyperParams`` keys, checked, plus three keys of this implementation
     (``locate_measure``, ``kl_factor_scales``, ``early_stop_loss``) that EasyEdit's class does
     not have -- leave them out of a YAML that EasyEdit must also load."""
@@ -170,41 +168,6 @@ class DINMHyperParams(_HyperParamsBase):
         """The clamp radius, or ``None`` when ``norm_constraint`` is off."""
         return None if self.norm_constraint in (False, None) else float(self.norm_constraint)
 
-    @classmethod
-    def field_names(cls) -> List[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, config: Dict[str, Any], source: str = "<dict>") -> "DINMHyperParams":
-        if not isinstance(config, dict) or not config:
-            raise ValueError(f"{source}: hparams must be a non-empty mapping of keys to values")
-        if config.get("alg_name") != ALG_NAME:
-            raise ValueError(
-                f"{source}: alg_name is {config.get('alg_name')!r}; DINMHyperParams loads only alg_name: {ALG_NAME}")
-        known = set(cls.field_names())
-        for key in config:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{source}: unknown key {key!r}{hint}; valid keys: {sorted(known)}")
-        if "model_name" not in config:
-            raise ValueError(f"{source}: missing required key 'model_name'")
-        try:
-            return cls(**cls.construct_float_from_scientific_notation(config))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from err
-
-    @classmethod
-    def from_hparams(cls, hparams_name_or_path: Union[str, Path]) -> "DINMHyperParams":
-        """Read a YAML (``.yaml`` appended when the path has no extension) or JSON file."""
-        path = str(hparams_name_or_path)
-        if not path.endswith((".yaml", ".yml", ".json")):
-            path += ".yaml"
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"hparams file not found: {path}")
-        with open(path) as stream:
-            config = json.load(stream) if path.endswith(".json") else yaml.safe_load(stream)
-        return cls.from_dict(config, source=path)
 
 
 # ---------------------------------------------------------------------------------------

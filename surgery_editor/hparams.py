@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 import yaml
 
@@ -36,7 +36,8 @@ _CHOICES = {
 
 
 class _HyperParamsBase:
-    """EasyEdit's ``HyperParams`` interface, without importing EasyEdit.
+    """EasyEdit's ``HyperParams`` interface, without importing EasyEdit. Subclasses set
+    ``ALG_NAME`` (the only ``alg_name`` their files may carry).
 
     :func:`surgery_editor.easyedit.register` additionally makes
     :class:`ModelSurgeryHyperParams` a subclass of ``easyeditor.util.hparams.HyperParams``,
@@ -56,6 +57,46 @@ class _HyperParamsBase:
         with open(fpath) as f:
             return cls.from_dict(json.load(f), source=str(fpath))
 
+    @classmethod
+    def field_names(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, config: Dict[str, Any], source: str = "<dict>"):
+        """Checked construction: the subclass's ``ALG_NAME`` as ``alg_name``, no unknown key
+        (with a did-you-mean hint), ``model_name`` present, then the fields' own checks."""
+        if not isinstance(config, dict) or not config:
+            raise ValueError(f"{source}: hparams must be a non-empty mapping of keys to values")
+        if config.get("alg_name") != cls.ALG_NAME:
+            raise ValueError(
+                f"{source}: alg_name is {config.get('alg_name')!r}; {cls.__name__} loads only "
+                f"alg_name: {cls.ALG_NAME}"
+            )
+        known = set(cls.field_names())
+        for key in config:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{source}: unknown key {key!r}{hint}; valid keys: {sorted(known)}")
+        if "model_name" not in config:
+            raise ValueError(f"{source}: missing required key 'model_name'")
+        try:
+            return cls(**cls.construct_float_from_scientific_notation(config))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
+
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: Union[str, Path]):
+        """Read a YAML (``.yaml`` appended when the path has no extension) or JSON file."""
+        path = str(hparams_name_or_path)
+        if not path.endswith((".yaml", ".yml", ".json")):
+            path += ".yaml"
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"hparams file not found: {path}")
+        with open(path) as stream:
+            config = json.load(stream) if path.endswith(".json") else yaml.safe_load(stream)
+        return cls.from_dict(config, source=path)
+
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
     if isinstance(default, (list, dict)):
@@ -65,6 +106,8 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 
 @dataclass
 class ModelSurgeryHyperParams(_HyperParamsBase):
+    ALG_NAME: ClassVar[str] = ALG_NAME
+
     # ---- EasyEdit's common keys -------------------------------------------------------
     model_name: Any = _help("embedded name (smollm2-135m, gemma3-270m), local path, hub id, or a (model, tok) pair")
     alg_name: str = _help("must be 'ModelSurgery'", ALG_NAME)
@@ -156,43 +199,6 @@ class ModelSurgeryHyperParams(_HyperParamsBase):
             raise ValueError(f"edit_layers must be a list of layer indices, got {self.edit_layers!r}")
 
     # ------------------------------------------------------------------------------------
-    @classmethod
-    def field_names(cls) -> List[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, config: Dict[str, Any], source: str = "<dict>") -> "ModelSurgeryHyperParams":
-        if not isinstance(config, dict) or not config:
-            raise ValueError(f"{source}: hparams must be a non-empty mapping of keys to values")
-        if config.get("alg_name") != ALG_NAME:
-            raise ValueError(
-                f"{source}: alg_name is {config.get('alg_name')!r}; ModelSurgeryHyperParams loads only "
-                f"alg_name: {ALG_NAME}"
-            )
-        known = set(cls.field_names())
-        for key in config:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"{source}: unknown key {key!r}{hint}; valid keys: {sorted(known)}")
-        if "model_name" not in config:
-            raise ValueError(f"{source}: missing required key 'model_name'")
-        try:
-            return cls(**cls.construct_float_from_scientific_notation(config))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from err
-
-    @classmethod
-    def from_hparams(cls, hparams_name_or_path: Union[str, Path]) -> "ModelSurgeryHyperParams":
-        path = str(hparams_name_or_path)
-        if not path.endswith((".yaml", ".yml", ".json")):
-            path += ".yaml"
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"hparams file not found: {path}")
-        with open(path) as stream:
-            config = json.load(stream) if path.endswith(".json") else yaml.safe_load(stream)
-        return cls.from_dict(config, source=path)
-
     def method_key(self) -> str:
         """Hash of every field the edit depends on (not the EasyEdit runtime keys)."""
         skip = {"model_name", "device", "model_parallel", "max_length", "max_output_length", "batch_size",

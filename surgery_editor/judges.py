@@ -18,7 +18,6 @@ of texts to scores; for a family of judges named ``prefix:<argument>`` use
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import http.client
 import inspect
@@ -36,6 +35,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .registry import did_you_mean, register
+
 logger = logging.getLogger(__name__)
 
 Judge = Callable[[Sequence[str]], np.ndarray]
@@ -50,10 +51,7 @@ def register_judge(name: str):
         raise ValueError(f"judge name {name!r} may not contain ':'; use register_judge_prefix for 'prefix:<arg>' names")
 
     def wrap(factory):
-        if name in JUDGES:
-            raise ValueError(f"judge {name!r} is already registered")
-        JUDGES[name] = factory
-        return factory
+        return register(JUDGES, name, factory, "judge")
 
     return wrap
 
@@ -64,10 +62,7 @@ def register_judge_prefix(prefix: str):
         raise ValueError(f"judge prefix {prefix!r} must be non-empty and contain no ':'")
 
     def wrap(factory):
-        if prefix in JUDGE_PREFIXES:
-            raise ValueError(f"judge prefix {prefix!r} is already registered")
-        JUDGE_PREFIXES[prefix] = factory
-        return factory
+        return register(JUDGE_PREFIXES, prefix, factory, "judge prefix")
 
     return wrap
 
@@ -105,10 +100,10 @@ def get_judge(name: str, **kwargs) -> Judge:
     if sep:
         raise KeyError(f"unknown judge prefix {prefix!r} in {name!r}; registered prefixes: "
                        f"{sorted(JUDGE_PREFIXES)}; all judges: {available_judges()}")
-    close = difflib.get_close_matches(name, list(JUDGES) + list(JUDGE_PREFIXES), n=1)
+    close = did_you_mean(name, list(JUDGES) + list(JUDGE_PREFIXES))
     hint = ""
     if close:
-        hint = f" (did you mean {close[0]!r}?)" if close[0] in JUDGES else f" (did you mean '{close[0]}:<arg>'?)"
+        hint = f" (did you mean {close!r}?)" if close in JUDGES else f" (did you mean '{close}:<arg>'?)"
     raise KeyError(f"unknown judge {name!r}{hint}; registered judges: {sorted(JUDGES)}; "
                    f"prefixed judges: {[f'{p}:<arg>' for p in sorted(JUDGE_PREFIXES)]}")
 

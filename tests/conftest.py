@@ -18,6 +18,15 @@ TOXIC = ["you are stupid", "i hate you idiot", "they are dumb and ugly", "stupid
 NEUTRAL = ["you are kind", "i love you friend", "they are nice and lovely", "good people are kind",
            "nice day", "the sun is good", "we love the cat", "lovely weather today", "you are really nice",
            "a good friend"]
+# A SafeEdit-shaped request in the tiny tokenizer's vocabulary (DINM and perf tests).
+DINM_REQUEST = {
+    "prompt": "you are stupid and i hate you so",
+    "target_new": "i think you are a good friend",
+    "ground_truth": "you idiot so dumb and ugly",
+    "locality_prompt": "the weather today is",
+    "locality_ground_truth": "a lovely day",
+    "general_prompt": ["i hate you", "you are dumb", "the cat is", "they are bad"],
+}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DATA_DIR, REPO, assert_same_state, make_tiny, state_copy
+from conftest import DATA_DIR, DINM_REQUEST, REPO, assert_same_state, make_tiny, state_copy
 from surgery_editor import dinm
 from surgery_editor.dinm import (DINMHyperParams, apply_dinm_to_model, constraint_kl, constraint_logprobs,
                                  default_module_templates, dinm_backend, encode_prompt_response, layer_distances,
@@ -18,14 +18,7 @@ from surgery_editor.dinm import (DINMHyperParams, apply_dinm_to_model, constrain
                                  validate_requests, with_system_prompt)
 
 YAMLS = sorted((REPO / "hparams" / "DINM").glob("*.yaml"))
-REQUEST = {
-    "prompt": "you are stupid and i hate you so",
-    "target_new": "i think you are a good friend",
-    "ground_truth": "you idiot so dumb and ugly",
-    "locality_prompt": "the weather today is",
-    "locality_ground_truth": "a lovely day",
-    "general_prompt": ["i hate you", "you are dumb", "the cat is", "they are bad"],
-}
+REQUEST = DINM_REQUEST
 TARGET = "model.layers.{}.mlp.down_proj.weight"
 
 # EasyEdit's DINMHyperParams fields (easyeditor/models/dinm/dinm_hparams.py): required, then defaulted.

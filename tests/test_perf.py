@@ -7,18 +7,11 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import make_tiny
+from conftest import DINM_REQUEST, make_tiny
 from benchmarks import perf
 from surgery_editor.dinm import DINMHyperParams
 
-REQUESTS = [{
-    "prompt": "you are stupid and i hate you so",
-    "target_new": "i think you are a good friend",
-    "ground_truth": "you idiot so dumb and ugly",
-    "locality_prompt": "the weather today is",
-    "locality_ground_truth": "a lovely day",
-    "general_prompt": ["i hate you", "you are dumb", "the cat is", "they are bad"],
-}] * 2
+REQUESTS = [DINM_REQUEST] * 2
 PROMPTS = ["you are", "i hate you so", "the weather today is very", "a good friend", "they are dumb and"]
 
 
