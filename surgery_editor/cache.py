@@ -46,20 +46,31 @@ def config_hash(model: nn.Module) -> str:
 
 @torch.no_grad()
 def weights_fingerprint(model: nn.Module) -> str:
-    """Cheap fingerprint of every parameter: float64 sum, sum of squares and a strided sample.
+    """Fingerprint of every parameter, one cheap pass over the weights.
 
-    One pass over the weights (inference-level cost); changes to any edited row change it.
+    A matrix (any parameter with 2+ dims, as rows x rest) is hashed through its product with
+    a fixed seeded random vector: one number per row, so changing any element of any row by
+    more than float32 rounding of that row's product changes the fingerprint. A matrix-vector
+    product runs at memory speed (e.g. Gemma-3-270M's 168M-parameter embedding in ~0.06 s on
+    one CPU core), where float64 sums of squares needed a float64 copy of every matrix and
+    took seconds. Vectors (norms, biases) are hashed byte for byte. Matrices that are not
+    float32 are projected in float32.
     """
     h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        flat = p.detach().reshape(-1)
-        stride = max(1, flat.numel() // 1024)
-        sample = flat[::stride].float().cpu().numpy().tobytes()
-        stats = torch.stack([flat.sum(dtype=torch.float64), flat.double().square().sum()]).cpu().numpy().tobytes()
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(stats)
-        h.update(sample)
+    probes: Dict[Tuple[int, str], torch.Tensor] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = p.detach()
+            h.update(f"{name}{tuple(w.shape)}{w.dtype}".encode())
+            if w.dim() < 2:
+                h.update(w.float().cpu().numpy().tobytes())
+                continue
+            w2 = w.reshape(w.shape[0], -1)
+            key = (w2.shape[1], str(w2.device))
+            if key not in probes:
+                gen = torch.Generator().manual_seed(w2.shape[1])
+                probes[key] = torch.randn(w2.shape[1], generator=gen).to(w2.device)
+            h.update(torch.mv(w2.float(), probes[key]).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -8,7 +8,7 @@ from surgery_editor.data import load_probe_texts
 from surgery_editor.probe import train_probe
 from surgery_editor.surgery import compute_patch, train_behaviour_probe
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, make_tiny
 
 
 def test_pair_mode(probe_tsv):
@@ -148,3 +148,26 @@ def test_offline_probe_sets_load():
     for data in (para, tg, jbb):
         assert set(data.labels.tolist()) == {0, 1}
     assert len(para.texts) == 100
+
+
+def test_weights_fingerprint_sees_any_element_of_any_row():
+    from surgery_editor.cache import weights_fingerprint
+
+    model = make_tiny("llama", seed=3)
+    base = weights_fingerprint(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert weights_fingerprint(model) == base  # same weights, other thread count: same key
+    finally:
+        torch.set_num_threads(threads)
+    gate = model.model.layers[1].mlp.gate_proj.weight
+    for row, col in [(0, 0), (7, 5), (gate.shape[0] - 1, gate.shape[1] - 1)]:
+        old = gate.data[row, col].clone()
+        gate.data[row, col] += 1e-3  # through .data: invisible to the tensor's version counter
+        assert weights_fingerprint(model) != base, (row, col)
+        gate.data[row, col] = old
+        assert weights_fingerprint(model) == base
+    norm = model.model.norm.weight
+    norm.data[3] += 1e-6
+    assert weights_fingerprint(model) != base
