@@ -21,8 +21,10 @@ Items are ``<task>:<doc id>`` and are evaluated in chunks of ``chunk_size`` docs
 per-doc 0/1 outcomes (``acc/<task>``, ``acc_norm/<task>``, ``exact_match:<filter>/<task>``),
 ``values`` other per-doc numbers, ``pairs`` lm-eval's (log-likelihood, words/bytes) pairs for
 perplexity. Metrics: each of those averaged (perplexities aggregated with lm-eval's own
-functions), ``acc_mean`` / ``acc_norm_mean`` over the multiple-choice tasks, ``perplexity``
-(word perplexity of ``ppl``), ``n`` and ``n/<task>``.
+functions), ``acc_mean`` / ``acc_norm_mean`` (the mean of the multiple-choice tasks'
+accuracies), ``mc_acc`` / ``mc_acc_norm`` (the share of all offline multiple-choice items
+answered right: the same outcomes pooled, which the report pairs across methods),
+``perplexity`` (word perplexity of ``ppl``), ``n`` and ``n/<task>``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ UNAVAILABLE = {"truthfulqa": "the offline TruthfulQA file holds only correct ans
                              "'truthfulqa_mc2' instead"}
 # per-doc outcomes that are 0/1 in the offline tasks (paired tests in the report use them)
 BINARY_METRICS = ("acc", "acc_norm", "exact_match")
+# the same outcomes pooled over every multiple-choice item of every offline task, so the
+# report can test a method's capability change on all items at once (paired McNemar)
+POOLED = {"acc": "mc_acc", "acc_norm": "mc_acc_norm"}
 
 
 def local_task_names() -> Dict[str, str]:
@@ -128,6 +133,8 @@ def sample_rows(task: str, samples: Sequence[Dict[str, Any]], binary: bool) -> L
                 row["pairs"][name] = [float(v) for v in value]
             elif binary and metric in BINARY_METRICS and float(value) in (0.0, 1.0):
                 row["flags"][name] = bool(value)
+                if metric in POOLED and filt == "none":
+                    row["flags"][POOLED[metric]] = bool(value)
             else:
                 row["values"][name] = float(value)
     return [rows[d] for d in sorted(rows)]

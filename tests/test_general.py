@@ -138,7 +138,9 @@ def test_sample_rows_and_aggregate_arithmetic():
     assert rows[-1]["values"] == {"acc/hub_task": 0.25} and rows[-1]["flags"] == {}
     json.dumps(rows)  # rows go to results.jsonl
 
+    assert rows[0]["flags"] == {"acc/boolq": True, "acc_norm/boolq": False, "mc_acc": True, "mc_acc_norm": False}
     m = aggregate(rows, ["boolq", "piqa", "hub_task"])
+    assert m["mc_acc"] == pytest.approx(2 / 3) and m["mc_acc_norm"] == 0.0  # pooled over the 3 offline items
     assert m["acc/boolq"] == 0.5 and m["acc/piqa"] == 1.0 and m["acc_norm/boolq"] == 0.0
     assert m["acc_mean"] == pytest.approx((0.5 + 1.0 + 0.25) / 3)
     assert m["exact_match:strict-match/gsm8k"] == 0.0 and m["exact_match:flexible-extract/gsm8k"] == 1.0
@@ -221,6 +223,7 @@ def test_end_to_end_general_on_tiny_model(tmp_path, tiny_model_dir):
     for t in mc:
         assert m[f"n/{t}"] == 2 and 0.0 <= m[f"acc/{t}"] <= 1.0 and 0.0 <= m[f"acc_norm/{t}"] <= 1.0
     assert m["acc_mean"] == pytest.approx(np.mean([m[f"acc/{t}"] for t in mc]))
+    assert m["mc_acc"] == pytest.approx(m["acc_mean"])  # equal task sizes: pooled = mean of tasks
     assert m["n/gsm8k"] == 1 and m["exact_match:strict-match/gsm8k"] in (0.0, 1.0)
     assert np.isfinite(m["perplexity"]) and m["perplexity"] > 1.0 and m["n/ppl"] == 3
     assert m["n"] == 2 * len(mc) + 1 + 3
