@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,6 +26,7 @@ import pandas as pd
 
 from benchmarks.stats import wilson_interval
 from surgery_editor.data import resolve_data_dir, resolve_path
+from surgery_editor.fileio import atomic_write
 from surgery_editor.judges import (SAFETY_DATA_PATH, SAFETY_SETTINGS, SAFETY_SETTINGS_GRID, TOXIC_THRESHOLD,
                                    get_judge, load_safety_data, safety_cross_validate)
 
@@ -79,18 +78,6 @@ def run_grid(data_dir: Optional[str], folds: int, seed: int, settings: Sequence[
         rows.append({**s, "mean accuracy": acc.mean(), "std over folds": acc.std()})
         logger.info("grid %s: grouped CV accuracy %.4f (%.1fs)", s, acc.mean(), time.perf_counter() - t0)
     return pd.DataFrame(rows)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -159,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             grid.assign(C=grid["C"].map("{:g}".format)).to_markdown(index=False, floatfmt=".4f"),
         ]
     text = "\n".join(lines) + "\n"
-    _atomic_write(Path(args.out), text)
+    atomic_write(Path(args.out), text)
     logger.info("wrote %s", args.out)
     print(text)
     return 0

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.stats import mean_interval, paired_test, wilson_interval
+from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +55,6 @@ _DERIVED = re.compile(r"^(?P<metric>.+)_(?:ci_low|ci_high|p_vs_.+|diff_vs_.+)$")
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, data: Union[str, bytes]) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _natural_key(name: str) -> List[Any]:
@@ -502,7 +487,7 @@ def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -660,8 +645,8 @@ def write_report(root: PathLike, out: Optional[PathLike] = None,
     table = summary_table(collect(root), against)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "report.csv", out / "report.md"
-    _atomic_write(csv_path, table.to_csv(index=False))
-    _atomic_write(md_path, to_markdown(table, against, title=f"Benchmark report: {root}"))
+    atomic_write(csv_path, table.to_csv(index=False))
+    atomic_write(md_path, to_markdown(table, against, title=f"Benchmark report: {root}"))
     files = [csv_path, md_path] + plot_report(table, out)
     logger.info("wrote %s", ", ".join(str(f) for f in files))
     return files

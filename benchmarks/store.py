@@ -12,31 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Union
+
+from surgery_editor.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
 
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultStore:

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +27,7 @@ import pandas as pd
 
 from surgery_editor import ModelSurgeryHyperParams, load_model
 from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
+from surgery_editor.fileio import atomic_write
 from surgery_editor.judges import get_judge
 from surgery_editor.surgery import compute_patch
 
@@ -88,13 +88,6 @@ def _read(path: Path) -> List[Dict]:
         except json.JSONDecodeError:  # a line cut by a crash is redone
             break
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def summarise(records: List[Dict]) -> pd.DataFrame:
@@ -191,8 +184,8 @@ def main(argv=None) -> int:
         _append(results, record)
         logger.info("%s: toxic %.1f%%, distinct-2 %.3f", name, 100 * tox.toxic_rate, record["fluency"]["distinct_2"])
     table = summarise([r for r in _read(results) if r["condition"] in conditions or r["condition"] == "unedited"])
-    _atomic_write(out / "summary.csv", table.to_csv(index=False))
-    _atomic_write(out / "summary.md", table.to_markdown(index=False, floatfmt=".3g"))
+    atomic_write(out / "summary.csv", table.to_csv(index=False))
+    atomic_write(out / "summary.md", table.to_markdown(index=False, floatfmt=".3g"))
     plot(table, out / "toxic_vs_fluency.png", f"{args.model}: RealToxicityPrompts (n={len(prompts)}, "
                                                f"prompt toxicity >= 0.5), judge {args.judge}")
     print(table.to_markdown(index=False, floatfmt=".3g"))

@@ -12,15 +12,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .fileio import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,32 +74,9 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def atomic_save(tensors: Dict[str, torch.Tensor], path: Path, metadata: Optional[Dict[str, Any]] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        meta = {"json": json.dumps(metadata or {}, default=str)}
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` whole."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    meta = {"json": json.dumps(metadata or {}, default=str)}
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
 def load_entry(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:

@@ -18,7 +18,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .cache import atomic_dir, cache_root
+from .cache import cache_root
+from .fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 

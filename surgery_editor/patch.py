@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .cache import atomic_dir, config_hash
+from .cache import config_hash
+from .fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 

@@ -99,3 +99,26 @@ def test_half_precision_computes_in_fp32_and_writes_model_dtype(dtype, hp_factor
     assert model.model.layers[0].mlp.gate_proj.weight.dtype == dtype
     patch.revert(model)
     assert_same_state(model, before)
+
+
+def test_atomic_writes_leave_no_temporary_and_use_the_umask(tmp_path):
+    import os
+
+    from surgery_editor.fileio import atomic_dir, atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a" / "out.md", "hello")
+        assert (tmp_path / "a" / "out.md").read_text() == "hello"
+        assert (tmp_path / "a" / "out.md").stat().st_mode & 0o777 == 0o644
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("1")
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+        with pytest.raises(RuntimeError):
+            with atomic_dir(tmp_path / "d") as d:
+                (d / "x").write_text("2")
+                raise RuntimeError("crash")
+        assert (tmp_path / "d" / "x").read_text() == "1"  # the old folder is untouched
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "d", "out.md", "x"]
