@@ -189,7 +189,7 @@ class General(Benchmark):
 
     name = "general"
     Config = GeneralConfig
-    headline = ["acc_mean", "exact_match:strict-match/gsm8k", "perplexity"]
+    headline = ["mc_acc", "exact_match:strict-match/gsm8k", "perplexity"]
 
     def __init__(self, config: Dict[str, Any], data_dir: Optional[str] = None):
         super().__init__(config, data_dir)

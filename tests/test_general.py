@@ -227,7 +227,7 @@ def test_end_to_end_general_on_tiny_model(tmp_path, tiny_model_dir):
     assert m["n/gsm8k"] == 1 and m["exact_match:strict-match/gsm8k"] in (0.0, 1.0)
     assert np.isfinite(m["perplexity"]) and m["perplexity"] > 1.0 and m["n/ppl"] == 3
     assert m["n"] == 2 * len(mc) + 1 + 3
-    assert m["headline"] == ["acc_mean", "exact_match:strict-match/gsm8k", "perplexity"]
+    assert m["headline"] == ["mc_acc", "exact_match:strict-match/gsm8k", "perplexity"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert {r["key"] for r in rows} == ({f"{t}:{i}" for t in mc for i in range(2)} | {"gsm8k:0"}
                                         | {f"ppl:{i}" for i in range(3)})
