@@ -101,16 +101,6 @@ class GeneralConfig:
         return self.limits.get(task, None if task == PPL else self.limit_per_task)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-
 def sample_rows(task: str, samples: Sequence[Dict[str, Any]], binary: bool) -> List[Dict[str, Any]]:
     """lm-eval's logged samples of one task (one per doc and filter) -> one row per doc.
     Metric names get the filter appended unless it is lm-eval's ``none``; with ``binary``
@@ -119,13 +109,13 @@ def sample_rows(task: str, samples: Sequence[Dict[str, Any]], binary: bool) -> L
     for s in samples:
         doc_id = int(s["doc_id"])
         row = rows.setdefault(doc_id, {"key": f"{task}:{doc_id}", "task": task, "doc_id": doc_id,
-                                       "target": _jsonable(s.get("target")), "responses": {},
+                                       "target": s.get("target"), "responses": {},
                                        "flags": {}, "values": {}, "pairs": {}})
         filt = s.get("filter", "none")
         resps = s.get("resps") or []
         if resps and isinstance(resps[0], list) and resps[0] and isinstance(resps[0][0], str):
             row["generation"] = resps[0][0]  # generate_until: the raw text, before the filters
-        row["responses"][filt] = _jsonable(s.get("filtered_resps"))
+        row["responses"][filt] = s.get("filtered_resps")  # made JSON by ResultStore
         for metric in s["metrics"]:
             value = s[metric]
             name = f"{metric}/{task}" if filt == "none" else f"{metric}:{filt}/{task}"
@@ -253,6 +243,7 @@ class General(Benchmark):
         lm = self._lm(ctx)
         gen_kwargs = {"max_gen_toks": ctx.generation.max_new_tokens} if ctx.generation.max_new_tokens else None
         local = set(local_task_names().values())
+        short = {v: k for k, v in self._lm_names.items()}
         for chunk in self._chunks(items, self.cfg.chunk_size, "general (lm-eval)"):
             samples: Dict[str, List[int]] = defaultdict(list)
             for it in chunk:
@@ -262,7 +253,6 @@ class General(Benchmark):
                                   gen_kwargs=gen_kwargs, apply_chat_template=self.cfg.apply_chat_template,
                                   random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
                                   fewshot_random_seed=ctx.seed)
-            short = {v: k for k, v in self._lm_names.items()}
             rows = []
             for lm_name in samples:
                 rows += sample_rows(short[lm_name], res["samples"][lm_name], binary=lm_name in local)
