@@ -117,3 +117,22 @@ def tiny_model_dir(tmp_path_factory, tiny_tok) -> Path:
     model.save_pretrained(path)
     tiny_tok.save_pretrained(path)
     return path
+
+
+def real_easyedit_or_skip():
+    """Import a real EasyEdit (with SafetyEditor) the way the plugin does; skip the test when
+    none is importable, or fail when ``SURGERY_EDITOR_REQUIRE_EASYEDIT=1`` (set by
+    ``scripts/test_easyedit.sh``, so its run can never pass by skipping)."""
+    from surgery_editor.easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
+
+    try:
+        import_easyeditor_alg_dict()
+        from easyeditor import SafetyEditor  # noqa: F401
+    except (EasyEditUnavailable, ImportError) as err:
+        reason = f"a real EasyEdit (easyeditor with SafetyEditor) is not importable: {err}"
+        if os.environ.get("SURGERY_EDITOR_REQUIRE_EASYEDIT") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import easyeditor
+
+    return easyeditor

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DATA_DIR, DINM_REQUEST, REPO, assert_same_state, make_tiny, state_copy
+from conftest import DATA_DIR, DINM_REQUEST, REPO, assert_same_state, make_tiny, real_easyedit_or_skip, state_copy
 from surgery_editor import dinm
 from surgery_editor.dinm import (DINMHyperParams, apply_dinm_to_model, constraint_kl, constraint_logprobs,
                                  default_module_templates, dinm_backend, encode_prompt_response, layer_distances,
@@ -454,8 +454,9 @@ def test_backend_auto_without_easyedit_is_ours():
 # against the real EasyEdit (run with the EasyEdit venv; skipped without it)
 # ---------------------------------------------------------------------------------------
 def _easyedit_backend():
-    from surgery_editor.easyedit import EasyEditUnavailable
+    from surgery_editor.easyedit_compat import EasyEditUnavailable
 
+    real_easyedit_or_skip()  # fails instead of skipping under scripts/test_easyedit.sh
     try:
         return dinm_backend("easyeditor")
     except EasyEditUnavailable as err:

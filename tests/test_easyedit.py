@@ -85,8 +85,7 @@ def _run(code: str, path: str = "") -> subprocess.CompletedProcess:
 
 def test_without_easyeditor_import_warns_and_register_explains():
     out = _run("""
-        import sys, logging
-        logging.basicConfig(level=logging.WARNING)
+        import sys
         sys.modules["easyeditor"] = None  # as if not installed
         import surgery_editor.easyedit as ee
         print("REGISTERED", ee.REGISTERED)
@@ -100,7 +99,7 @@ def test_without_easyeditor_import_warns_and_register_explains():
     assert out.returncode == 0, out.stderr
     assert "REGISTERED False" in out.stdout and "OK ModelSurgery" in out.stdout
     assert "ERROR easyeditor is not installed: install EasyEdit from its source" in out.stdout
-    assert "ModelSurgery not registered with EasyEdit" in out.stderr
+    assert "RuntimeWarning: ModelSurgery not registered with EasyEdit" in out.stderr  # seen without logging set up
 
 
 def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
@@ -124,30 +123,93 @@ def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
     assert out.stdout.split() == ["True", "True", "True", "['DINM',", "'ModelSurgery']", "True"]
 
 
-def _real_safety_editor():
-    try:
-        import_easyeditor_alg_dict()
+# ---------------------------------------------------------------------------------------
+# A CPU-only stack whose torchvision lacks its C++ operators (stand-in packages): what
+# `import easyeditor` meets on this machine with PyPI's torchvision
+# ---------------------------------------------------------------------------------------
+def _fake_stack(root, torchvision_whole: bool = False, easyeditor_error: str = ""):
+    """A torchvision that fails like PyPI's CUDA wheel on a CPU torch (after importing one
+    submodule, which stays behind in sys.modules) unless ``torchvision::nms`` is declared, and
+    an easyeditor whose package import goes through it and re-raises as transformers 5.23 does."""
+    tv = root / "torchvision"
+    tv.mkdir()
+    (tv / "extension.py").write_text("loaded = True\n")
+    check = "" if torchvision_whole else (
+        "try:\n    torch._C._dispatch_find_schema_or_throw('torchvision::nms', '')\n"
+        "except RuntimeError:\n    raise RuntimeError('operator torchvision::nms does not exist')\n")
+    (tv / "__init__.py").write_text("import torch\nfrom torchvision import extension\n" + check)
+    ee = root / "easyeditor"
+    (ee / "util").mkdir(parents=True)
+    (ee / "editors").mkdir()
+    (ee / "__init__.py").write_text("from .editors import SafetyEditor\n")
+    (ee / "util" / "__init__.py").write_text("")
+    (ee / "util" / "alg_dict.py").write_text("ALG_DICT = {'DINM': 'dinm'}\n")
+    (ee / "util" / "hparams.py").write_text("class HyperParams:\n    pass\n")
+    (ee / "editors" / "__init__.py").write_text(
+        (f"raise ImportError({easyeditor_error!r})\n" if easyeditor_error else "")
+        + "try:\n    import torchvision\nexcept Exception as err:\n"
+        "    raise ModuleNotFoundError(\"Could not import module 'AutoProcessor'\") from err\n"
+        "from ..util.alg_dict import *\n\n"
+        "class SafetyEditor:\n    def algorithms(self):\n        return ALG_DICT\n")
+    return str(root)
+
+
+_SCHEMA = ("import torch\ndef has_nms():\n    try:\n"
+           "        torch._C._dispatch_find_schema_or_throw('torchvision::nms', '')\n        return True\n"
+           "    except RuntimeError:\n        return False\n")
+
+
+def test_readme_import_order_with_broken_torchvision(tmp_path):
+    out = _run(_SCHEMA + textwrap.dedent("""
+        import surgery_editor.easyedit as ee
         from easyeditor import SafetyEditor
-    except (EasyEditUnavailable, ImportError) as err:
-        return None, f"a real EasyEdit (easyeditor with SafetyEditor) is not importable: {err}"
-    return SafetyEditor, ""
+        from surgery_editor import apply_model_surgery_to_model
+        print(ee.REGISTERED, SafetyEditor().algorithms()["ModelSurgery"] is apply_model_surgery_to_model, has_nms())
+    """), path=_fake_stack(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+    assert "not registered" not in out.stderr
 
 
-@pytest.mark.easyedit
-def test_real_safety_editor_runs_model_surgery(tiny_llama, tiny_tok, hp_factory, tmp_path, monkeypatch):
-    SafetyEditor, reason = _real_safety_editor()
-    if SafetyEditor is None:
-        pytest.skip(reason)
-    register()
-    monkeypatch.chdir(tmp_path)  # SafetyEditor writes logs/run.log into the working directory
-    hp = hp_factory(model_name=(tiny_llama, tiny_tok), device="cpu", max_length=64, max_output_length=3, top_k=20)
-    before = state_copy(tiny_llama)
-    editor = SafetyEditor.from_hparams(hp)
-    metrics, edited, weights_copy = editor.edit(
-        editing_method="ModelSurgery", prompts=[REQUEST["prompt"]], prompts_with_systemPrompt=None, target_new=[REQUEST["target_new"]],
-        ground_truth=[REQUEST["ground_truth"]], general_prompt=[REQUEST["general_prompt"]],
-        keep_original_weight=True, case_id=0)
-    assert set(metrics[0]["pre"]) == set(metrics[0]["post"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ",
-                                                                  "DG_otherAQ"}
-    assert weights_copy and all(k.endswith("gate_proj.weight") for k in weights_copy)
-    assert_same_state(tiny_llama, before)  # SafetyEditor restored it from weights_copy
+def test_register_after_a_failed_import_easyeditor(tmp_path):
+    """The user imported easyeditor first (it failed and left half-imported modules), then
+    imports the plugin: the retry starts clean and editors see the registered ALG_DICT."""
+    out = _run(_SCHEMA + textwrap.dedent("""
+        try:
+            import easyeditor
+        except ModuleNotFoundError as err:
+            print("first import failed:", type(err.__cause__).__name__)
+        import surgery_editor.easyedit as ee
+        ee.register()
+        import easyeditor.editors as editors
+        print(ee.REGISTERED, "ModelSurgery" in editors.SafetyEditor().algorithms(), editors.ALG_DICT is
+              __import__("easyeditor.util.alg_dict", fromlist=["x"]).ALG_DICT)
+    """), path=_fake_stack(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "first import failed: RuntimeError" in out.stdout
+    assert out.stdout.split()[-3:] == ["True", "True", "True"]
+
+
+def test_whole_torchvision_is_left_alone(tmp_path):
+    out = _run(_SCHEMA + textwrap.dedent("""
+        import surgery_editor.easyedit as ee
+        import torchvision
+        print(ee.REGISTERED, has_nms(), torchvision.extension.loaded)
+    """), path=_fake_stack(tmp_path, torchvision_whole=True))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "True"]  # no operator declared
+
+
+def test_unimportable_easyeditor_warns_visibly_with_the_cause(tmp_path):
+    out = _run("""
+        import surgery_editor.easyedit as ee
+        print("REGISTERED", ee.REGISTERED)
+        try:
+            ee.register()
+        except ee.EasyEditUnavailable as err:
+            print("ERROR", err)
+    """, path=_fake_stack(tmp_path, easyeditor_error="No module named 'zhipuai'"))
+    assert out.returncode == 0, out.stderr
+    assert "REGISTERED False" in out.stdout
+    assert "RuntimeWarning: ModelSurgery not registered with EasyEdit" in out.stderr  # no logging configured
+    assert "ImportError: No module named 'zhipuai'" in out.stdout and "install EasyEdit from its source" in out.stdout
