@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Type
 
 from surgery_editor.dinm import restore_weights
-from surgery_editor.registry import lookup, register
+from surgery_editor.registry import did_you_mean, lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,27 @@ def _changed(base: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") 
 
 def hparams_fields(cls: Optional[type]) -> List[str]:
     return [f.name for f in dataclasses.fields(cls)] if cls is not None and dataclasses.is_dataclass(cls) else []
+
+
+def all_hparams_keys() -> List[str]:
+    """Every field of every registered method's hparams class."""
+    keys: Dict[str, None] = {}
+    for cls in METHODS.values():
+        keys.update(dict.fromkeys(hparams_fields(cls.hparams_class())))
+    return sorted(keys)
+
+
+def check_hparams_keys(hparams: Optional[Mapping[str, Any]]) -> None:
+    """Refuse a key of the run's ``hparams`` node that no registered method has (e.g. one
+    added with ``+hparams.alpah=1``, which Hydra itself suggests for a misspelt key and which
+    would otherwise be ignored), with a did-you-mean hint and the valid keys."""
+    valid = all_hparams_keys()
+    for key in (hparams or {}):
+        if key not in valid:
+            close = did_you_mean(str(key), valid)
+            hint = f" (did you mean 'hparams.{close}'?)" if close else ""
+            raise KeyError(f"hparams.{key}: no registered method ({', '.join(sorted(METHODS))}) has a setting "
+                           f"{key!r}{hint}; valid keys: {valid}")
 
 
 def method_config_nodes() -> Dict[str, Dict[str, Any]]:

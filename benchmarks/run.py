@@ -7,8 +7,10 @@
 Each run writes into its Hydra output dir: ``config.yaml`` (resolved), ``results.jsonl``
 (one line per item, appended as items finish) and ``metrics.json``. Starting a run again with
 the same output dir (``hydra.run.dir=...``, or the same ``hydra.sweep.dir`` for a multirun)
-resumes it: finished items are read back, not redone. ``python -m benchmarks.report DIR``
-puts the runs side by side.
+resumes it: finished items are read back, not redone. A run holds a lock on its output dir
+(``.lock``, released when the process ends, however it ends), so a second run started on the
+same dir while the first is alive stops with an error instead of doing the work twice.
+``python -m benchmarks.report DIR`` puts the runs side by side.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from . import general  # noqa: F401  (registers benchmark=general)
-from .methods import get_method_class, method_config_nodes
+from .methods import check_hparams_keys, get_method_class, method_config_nodes
 from .protocols import Generation, RunContext, get_benchmark_class, benchmark_config_nodes, load_safeedit
-from .store import CONFIG, ResultStore, atomic_write_text
+from .store import CONFIG, ResultStore, RunLock, atomic_write_text
 
 logger = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -76,10 +78,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
 
     out_dir = Path(out_dir)
     method_cls = get_method_class(cfg.method.name)
+    check_hparams_keys(_plain(cfg.get("hparams")))
     bench_cls = get_benchmark_class(cfg.benchmark.name)
     bench_cfg, gen_cfg = _apply_scale(cfg)
     bench = bench_cls(bench_cfg, data_dir=cfg.data_dir)
     generation = Generation(**gen_cfg)
+    index = cfg.edit_instance.index
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"edit_instance.index must be an integer >= 0 (a record of {cfg.edit_instance.path}), "
+                         f"got {index!r}")
 
     # Everything that can be wrong with the input fails here, before the model loads.
     items = bench.load_items()
@@ -88,54 +95,57 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     method = method_cls(cfg.model.name, variant=cfg.method.variant, overrides=_plain(cfg.hparams) or {},
                         hparams_file=cfg.method.hparams_file, device=cfg.device,
                         **({"backend": cfg.method.backend} if method_cls.name == "DINM" else {}))
-    store = ResultStore(out_dir)
-    atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    with RunLock(out_dir):  # a second run on this folder fails here, before writing anything
+        store = ResultStore(out_dir)
+        atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
-    model, tok = load_model(cfg.model.path, device=cfg.device, dtype=cfg.model.get("dtype"))
-    ctx = RunContext(model=model, tok=tok, method=method, judge=judge, generation=generation,
-                     data_dir=cfg.data_dir, seed=cfg.seed)
+        model, tok = load_model(cfg.model.path, device=cfg.device, dtype=cfg.model.get("dtype"))
+        ctx = RunContext(model=model, tok=tok, method=method, judge=judge, generation=generation,
+                         data_dir=cfg.data_dir, seed=cfg.seed)
 
-    edit_seconds = 0.0
-    handle = None
-    edited_with: Optional[str] = None
-    if method.per_instance and not bench.instance_edits:
-        inst = load_safeedit(cfg.edit_instance.path, cfg.data_dir, limit=cfg.edit_instance.index + 1)
-        if len(inst) <= cfg.edit_instance.index:
-            raise IndexError(f"edit_instance.index {cfg.edit_instance.index} is past the end of "
-                             f"{cfg.edit_instance.path} ({len(inst)} records)")
-        edited_with = f"{cfg.edit_instance.path}#{inst[-1]['key']}"
-        start = time.perf_counter()
-        handle = method.edit(model, tok, [inst[-1]["request"]])
-        edit_seconds = time.perf_counter() - start
-    elif not method.per_instance:
-        start = time.perf_counter()
-        handle = method.edit(model, tok, [])
-        edit_seconds = time.perf_counter() - start
+        edit_seconds = 0.0
+        handle = None
+        edited_with: Optional[str] = None
+        if method.per_instance and not bench.instance_edits:
+            inst = load_safeedit(cfg.edit_instance.path, cfg.data_dir, limit=cfg.edit_instance.index + 1)
+            if len(inst) <= cfg.edit_instance.index:
+                raise IndexError(f"edit_instance.index {cfg.edit_instance.index} is past the end of "
+                                 f"{cfg.edit_instance.path} ({len(inst)} records)")
+            edited_with = f"{cfg.edit_instance.path}#{inst[-1]['key']}"
+            start = time.perf_counter()
+            handle = method.edit(model, tok, [inst[-1]["request"]])
+            edit_seconds = time.perf_counter() - start
+        elif not method.per_instance:
+            start = time.perf_counter()
+            handle = method.edit(model, tok, [])
+            edit_seconds = time.perf_counter() - start
 
-    todo = [it for it in items if it["key"] not in store]
-    logger.info("%s on %s (%s): %d items, %d to do", method.label, bench.name, cfg.model.name, len(items), len(todo))
-    chunks = iter(bench.evaluate(ctx, todo) if todo else ())
-    while True:
-        start = time.perf_counter()
-        rows = next(chunks, None)
-        if rows is None:
-            break
-        spent = time.perf_counter() - start - sum(r.get("edit_seconds", 0.0) for r in rows)
-        for r in rows:
-            r["eval_seconds"] = spent / len(rows)
-        store.append(rows)
-    method.restore(model, handle)
+        todo = [it for it in items if it["key"] not in store]
+        logger.info("%s on %s (%s): %d items, %d to do", method.label, bench.name, cfg.model.name, len(items),
+                    len(todo))
+        chunks = iter(bench.evaluate(ctx, todo) if todo else ())
+        while True:
+            start = time.perf_counter()
+            rows = next(chunks, None)
+            if rows is None:
+                break
+            spent = time.perf_counter() - start - sum(r.get("edit_seconds", 0.0) for r in rows)
+            for r in rows:
+                r["eval_seconds"] = spent / len(rows)
+            store.append(rows)
+        method.restore(model, handle)
 
-    rows = store.ordered([it["key"] for it in items])
-    metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
-               "protocol": bench.protocol, "headline": list(bench.headline), "judge": judge_name, "dinm_backend": None, "edited_with": edited_with,
-               **method.info(), **bench.metrics(rows)}
-    per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)
-    metrics["edit_seconds"] = edit_seconds + per_instance_edits
-    metrics["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in rows)
-    store.write_metrics(metrics)
-    logger.info("metrics: %s", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    return metrics
+        rows = store.ordered([it["key"] for it in items])
+        metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
+                   "protocol": bench.protocol, "headline": list(bench.headline), "judge": judge_name,
+                   "dinm_backend": None, "edited_with": edited_with,
+                   **method.info(), **bench.metrics(rows)}
+        per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)
+        metrics["edit_seconds"] = edit_seconds + per_instance_edits
+        metrics["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in rows)
+        store.write_metrics(metrics)
+        logger.info("metrics: %s", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        return metrics
 
 
 def _main() -> None:

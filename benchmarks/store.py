@@ -2,18 +2,23 @@
 resolved ``config.yaml`` written atomically.
 
 ``results.jsonl`` is append-only: each finished item is one line, written whole and flushed to
-disk before the next chunk starts. A run killed mid-write can leave a partial last line; on
-restart that line is dropped (the item is redone) and everything before it is trusted, so a
-resumed run ends with exactly the lines an uninterrupted one would have.
+disk before the next chunk starts. A run killed mid-write can leave a partial last line (with or
+without its newline); on restart an unreadable last line is dropped (the item is redone) and
+everything before it is trusted, so a resumed run ends with exactly the lines an uninterrupted
+one would have. An unreadable line before the last is an error. :class:`RunLock` keeps a second
+run out of a folder that a live run is writing.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from surgery_editor.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
 
@@ -22,6 +27,67 @@ logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
+
+
+class RunDirInUse(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run_dir>/.lock``, held from :meth:`acquire` to
+    :meth:`release` (or a ``with`` block), so two runs never write one folder at once.
+
+    Non-blocking: when another process holds it, :class:`RunDirInUse` names that process
+    (its pid and start time, which it wrote into the lock file). The kernel drops the lock
+    when its holder exits, however it dies, so a killed run's folder can be resumed at once.
+    The lock file stays behind (removing it would race with a run that is just opening it);
+    its content is informational only and is written in place, because the lock belongs to
+    that file and an atomic replace would swap it for another one."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Union[str, Path]):
+        self.dir = Path(run_dir)
+        self.path = self.dir / self.NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = f"pid {info['pid']}, started at {info['started']}"
+            except (ValueError, KeyError, TypeError):
+                who = "pid unknown"
+            raise RunDirInUse(f"{self.dir} is in use by another run ({who}); wait for it or use another "
+                              "hydra.run.dir (hydra.sweep.dir for a multirun)") from None
+        stamp = json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, stamp.encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class ResultStore:
@@ -39,14 +105,19 @@ class ResultStore:
             return
         raw = self.path.read_bytes()
         good_end = 0
-        for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
+        lines = raw.splitlines(keepends=True)
+        for lineno, line in enumerate(lines, 1):
             if not line.endswith(b"\n"):
                 logger.warning("%s: dropping an incomplete last line (the run was interrupted while writing it)",
                                self.path)
                 break
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
+            except ValueError as err:  # JSONDecodeError, or a multi-byte character cut in two
+                if lineno == len(lines):
+                    logger.warning("%s:%d: dropping an unreadable last line (%s); it is what a run killed while "
+                                   "writing leaves, and its item is redone", self.path, lineno, err)
+                    break
                 raise ValueError(f"{self.path}:{lineno}: not valid JSON ({err}); this file is append-only, "
                                  "so an unreadable line other than the last means it was edited by hand") from err
             if not isinstance(row, dict) or "key" not in row:

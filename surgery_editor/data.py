@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -57,6 +58,11 @@ class ProbeDataConfig:
     split: str = field(default="train", metadata={"help": "hub data sets: split to load"})
 
     def __post_init__(self) -> None:
+        from .hparams import check_field_types
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_field_types(type(self), values, what="probe_data").items():
+            setattr(self, key, value)
         pair = self.positive_column is not None or self.negative_column is not None
         rows = self.text_field is not None or self.label_field is not None
         if pair == rows:
@@ -120,15 +126,20 @@ def resolve_path(path: str, data_dir: Optional[str] = None) -> Optional[Path]:
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix == ".jsonl":
-        return pd.read_json(path, lines=True)
-    if suffix == ".json":
-        return pd.read_json(path)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .json")
+    if suffix not in (".tsv", ".csv", ".jsonl", ".json"):
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .json")
+    try:
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
+                               encoding="utf-8")
+        if suffix == ".csv":
+            return pd.read_csv(path, encoding="utf-8")
+        return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8") from err
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        kind = {".tsv": "tab-separated", ".csv": "comma-separated", ".jsonl": "JSON-lines", ".json": "JSON"}[suffix]
+        raise ValueError(f"{path}: not a readable {kind} file ({err})") from err
 
 
 def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
@@ -166,6 +177,31 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
+def _label_key(value: Any) -> Optional[str]:
+    """A label as a comparable string, or ``None`` for a missing one (``None``, NaN, blank).
+    Numbers compare by value (a label column with blank cells is read as floats, so ``1.0``
+    must match ``1`` and ``"1"``; a numeric string compares as its number), booleans as 1/0,
+    other strings stripped."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        if np.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text or None
+    return _label_key(number) if np.isfinite(number) else text
+
+
 def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optional[str] = None) -> LabelledTexts:
     """Read, filter, shuffle, limit and label the probe texts of a data-set config.
 
@@ -186,11 +222,19 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
     else:
         _require_columns(frame, [cfg.text_field, cfg.label_field], source)
         frame = frame[frame[cfg.text_field].map(_is_text).astype(bool)]
+        keys = frame[cfg.label_field].map(_label_key)
+        blank = int(keys.isna().sum())
+        if blank:
+            message = (f"{source}: dropping {blank} of {len(frame)} rows whose label column {cfg.label_field!r} is "
+                       "empty")
+            logger.warning(message)
+            warnings.warn(message, stacklevel=2)
+            frame, keys = frame[keys.notna()], keys[keys.notna()]
         if cfg.limit is not None:
-            frame = frame.head(cfg.limit)
-        positive = {str(v) for v in cfg.positive_values}
+            frame, keys = frame.head(cfg.limit), keys.head(cfg.limit)
+        positive = {_label_key(v) for v in cfg.positive_values} - {None}
         texts = frame[cfg.text_field].tolist()
-        labels = frame[cfg.label_field].map(lambda v: int(str(v) in positive)).to_numpy(dtype=np.int64)
+        labels = keys.map(lambda k: int(k in positive)).to_numpy(dtype=np.int64)
     if not texts:
         raise ValueError(f"{source}: probe data is empty after dropping rows without text (config: {cfg})")
     counts = np.bincount(labels, minlength=2)

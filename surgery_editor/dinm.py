@@ -123,6 +123,9 @@ class DINMHyperParams(_HyperParamsBase):
         "step (they do not depend on the tuned matrix: same result, less time)", True)
 
     def __post_init__(self) -> None:
+        if self.layers is None:  # accepted as "locate", like []
+            self.layers = []
+        super().__post_init__()  # field types
         if self.alg_name != ALG_NAME:
             raise ValueError(f"alg_name is {self.alg_name!r}; DINMHyperParams needs alg_name: {ALG_NAME}")
         if self.locate_measure not in LOCATE_MEASURES:
@@ -690,11 +693,11 @@ class _EasyEditDINM:
 
 def _load_easyedit_dinm() -> _EasyEditDINM:
     """EasyEdit's DINM pieces, or ``EasyEditUnavailable`` saying why (the import goes through
-    :func:`surgery_editor.easyedit.import_easyeditor_alg_dict`, which copes with the
+    :func:`surgery_editor.easyedit_compat.import_easyeditor_alg_dict`, which copes with the
     torchvision-op failure of CPU-only torch)."""
     import importlib
 
-    from .easyedit import EasyEditUnavailable, import_easyeditor_alg_dict
+    from .easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
 
     alg_dict = import_easyeditor_alg_dict()
     if "DINM" not in getattr(alg_dict, "ALG_DICT", {}):
@@ -776,7 +779,7 @@ def dinm_backend(prefer: str = "auto") -> Tuple[Callable[..., Any], Callable[...
     if prefer not in ("auto", "ours", "surgery_editor", "easyeditor"):
         raise ValueError(f"prefer={prefer!r} is not valid; choose 'auto', 'ours' or 'easyeditor'")
     if prefer != "ours" and prefer != "surgery_editor":
-        from .easyedit import EasyEditUnavailable
+        from .easyedit_compat import EasyEditUnavailable
 
         try:
             ee = _load_easyedit_dinm()

@@ -6,6 +6,14 @@ A YAML in ``hparams/ModelSurgery/<model>.yaml`` holds EasyEdit's common keys
 ``from_hparams`` reads it the way EasyEdit's ``HyperParams.from_hparams`` does (``.yaml`` is
 appended when the path has none; strings in scientific notation such as ``1e-4`` become
 floats) but rejects a wrong ``alg_name`` or an unknown key with a message naming it.
+
+Every field's value is checked against its annotation when the hparams are built (from a
+file, a dict or directly): ``int`` fields take integers (an integral float such as ``4.0``
+becomes ``4``; ``True`` and ``0.5`` are refused), ``float`` fields take any number, ``bool``
+fields ``true``/``false``, ``str`` fields strings, ``Optional`` allows ``null``, and
+``List[int]`` / ``Dict[str, ...]`` check their elements. A quoted number (``alpha: "0.1"``)
+is refused with a hint to drop the quotes; only EasyEdit's scientific-notation strings
+(``1e-4``, which YAML reads as a string) become floats.
 """
 
 from __future__ import annotations
@@ -14,11 +22,14 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import numbers
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import yaml
 
 ALG_NAME = "ModelSurgery"
@@ -35,6 +46,121 @@ _CHOICES = {
 }
 
 
+_NO = object()  # "does not fit" marker of _coerce
+
+
+def _describe(tp: Any) -> str:
+    """``tp`` in words, for error messages: ``a number (float) or null``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return "anything"
+    if tp is type(None):
+        return "null"
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args)
+    if origin in (list, List, tuple, Tuple):
+        return f"a list of {_plural(args[0])}" if args and args[0] is not Any else "a list"
+    if origin in (dict, Dict):
+        return "a mapping"
+    return {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)",
+            str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(tp, _describe(tp))
+
+
+def _is_number_string(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return value.strip().lower() in ("true", "false", "null", "none")
+    return True
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """``value`` as a ``tp`` (an integral float for an int becomes an int), or ``_NO``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        return value if value is None else _NO
+    if origin is Union:
+        # exact types first, so a bool in Union[bool, float] stays a bool and 2 in Union[int, str] an int
+        for arg in args:
+            if arg in (bool, int, float, str) and type(value) is arg:
+                return value
+        for arg in args:
+            out = _coerce(arg, value)
+            if out is not _NO:
+                return out
+        return _NO
+    if origin in (list, List, tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        item_tp = args[0] if args else Any
+        out = [_coerce(item_tp, v) for v in value]
+        return _NO if any(v is _NO for v in out) else type(value)(out)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            return _NO
+        key_tp, val_tp = args if args else (Any, Any)
+        ok = all(_coerce(key_tp, k) is not _NO and _coerce(val_tp, v) is not _NO for k, v in value.items())
+        return value if ok else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else bool(value) if isinstance(value, np.bool_) else _NO
+    if isinstance(value, (bool, np.bool_)) and tp in (int, float):
+        return _NO
+    if tp is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, numbers.Integral):  # e.g. numpy.int64
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(value)
+        return _NO
+    if tp is float:
+        if isinstance(value, (int, float)):
+            return value
+        return float(value) if isinstance(value, numbers.Real) else _NO
+    if isinstance(tp, type):
+        return value if isinstance(value, tp) else _NO
+    return value  # an annotation this checker does not know: left to the class's own checks
+
+
+def _admits_numbers(tp: Any) -> bool:
+    return _coerce(tp, 1.5) is not _NO or _coerce(tp, 1) is not _NO
+
+
+def check_field_types(cls: type, values: Dict[str, Any], what: str = "") -> Dict[str, Any]:
+    """``values`` (field name -> value) checked against ``cls``'s dataclass field annotations;
+    returns them with integral floats in int fields made ints and scientific-notation strings
+    (``1e-4``) in numeric fields made floats. Unknown names are passed through (the caller
+    checks them). A mismatch is a ``ValueError`` naming ``what`` (e.g. ``probe_data``), the
+    key, the type it needs and the value it got."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    prefix = f"{what}." if what else ""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.name not in hints:
+            continue
+        tp, value = hints[f.name], values[f.name]
+        if isinstance(value, str) and _NUMBER.match(value.strip()) and _admits_numbers(tp) \
+                and _coerce(tp, value) is _NO:
+            value = float(value)  # EasyEdit's construct_float_from_scientific_notation
+        fixed = _coerce(tp, value)
+        if fixed is _NO:
+            if isinstance(value, str):
+                got = f"the string {value!r}"
+                if _is_number_string(value):
+                    got += "; write it without quotes"
+            else:
+                got = f"{value!r} ({type(value).__name__})"
+            raise ValueError(f"{prefix}{f.name} must be {_describe(tp)}, got {got}")
+        out[f.name] = fixed
+    return out
+
+
 class _HyperParamsBase:
     """EasyEdit's ``HyperParams`` interface, without importing EasyEdit. Subclasses set
     ``ALG_NAME`` (the only ``alg_name`` their files may carry).
@@ -43,6 +169,18 @@ class _HyperParamsBase:
     :class:`ModelSurgeryHyperParams` a subclass of ``easyeditor.util.hparams.HyperParams``,
     so ``isinstance`` checks in EasyEdit accept it.
     """
+
+    def __post_init__(self) -> None:
+        """The field-type check every hparams class shares (subclasses call it first)."""
+        self.check_types()
+
+    def check_types(self) -> None:
+        """Check (and normalise, see :func:`check_field_types`) every field's value against
+        its annotation; ``ValueError`` naming the key otherwise."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in check_field_types(type(self), values).items():
+            if value is not values[key]:
+                object.__setattr__(self, key, value)
 
     @staticmethod
     def construct_float_from_scientific_notation(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -81,7 +219,9 @@ class _HyperParamsBase:
         if "model_name" not in config:
             raise ValueError(f"{source}: missing required key 'model_name'")
         try:
-            return cls(**cls.construct_float_from_scientific_notation(config))
+            # checked here too, so a subclass whose __post_init__ skips check_types is covered
+            checked = check_field_types(cls, cls.construct_float_from_scientific_notation(config))
+            return cls(**checked)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from err
 
@@ -172,6 +312,7 @@ class ModelSurgeryHyperParams(_HyperParamsBase):
     cache_dir: Optional[str] = _help("activation/probe cache (default: $SURGERY_EDITOR_CACHE or ~/.cache/surgery_editor)", None)
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # field types
         if self.alg_name != ALG_NAME:
             raise ValueError(f"alg_name is {self.alg_name!r}; ModelSurgeryHyperParams needs alg_name: {ALG_NAME}")
         for key, choices in _CHOICES.items():

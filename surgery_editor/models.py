@@ -94,6 +94,30 @@ def embedded_model_dir(name: str, cache_dir: Optional[str] = None) -> Path:
     return target
 
 
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _load_error(name: str, path: Path, err: OSError) -> str:
+    """What a failed ``from_pretrained`` means for ``model_name``, and what would be valid."""
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if name in EMBEDDED_MODELS or path.expanduser().exists():
+        where = "the embedded model's cache folder" if name in EMBEDDED_MODELS else "the local path"
+        return (f"model_name {name!r}: {where} {path} could not be loaded as a model ({cause}); a model folder "
+                "needs config.json, the weights (model.safetensors) and the tokenizer files, as save_pretrained "
+                "writes them")
+    if _offline():
+        network = ("HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set, so only the local Hugging Face cache was searched "
+                   "and the model is not in it")
+    else:
+        network = ("the hub could not provide it (no network, or no such repository); without network, set "
+                   "HF_HUB_OFFLINE=1 and use a model already in the Hugging Face cache")
+    return (f"model_name {name!r} could not be loaded ({cause}): it is not an embedded model, not an existing local "
+            f"path, and {network}. Valid: an embedded name ({', '.join(sorted(EMBEDDED_MODELS))}), a local folder "
+            "holding a saved model, or a reachable hub id of the form 'org/name'")
+
+
 def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, int, torch.device] = "cpu",
                dtype: Union[str, torch.dtype, None] = None, cache_dir: Optional[str] = None,
                output_hidden_states: bool = False, **kwargs) -> Tuple[torch.nn.Module, object]:
@@ -112,8 +136,11 @@ def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, in
             raise ValueError(f"model_name {name!r} is neither an embedded model ({sorted(EMBEDDED_MODELS)}), "
                              "an existing local path, nor a hub id of the form 'org/name'")
         torch_dtype = _to_dtype(dtype)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto", **kwargs)
-        tok = AutoTokenizer.from_pretrained(str(path))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto", **kwargs)
+            tok = AutoTokenizer.from_pretrained(str(path))
+        except OSError as err:
+            raise OSError(_load_error(name, Path(path), err)) from err
         model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy as copy_module
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -198,6 +199,22 @@ def edited_rows(rows: torch.Tensor, v: torch.Tensor, alpha: float, step: str,
     return rows + delta
 
 
+def _check_rows_changed(selected: int, unchanged: int, alpha: float, dtype: torch.dtype) -> None:
+    """A step smaller than half the spacing of ``dtype`` near a row's values rounds the row
+    back to itself: warn when some selected rows do not change, refuse when none does."""
+    if unchanged == 0:
+        return
+    hint = (f"use a larger alpha (now {alpha}) or load the model in float32 (model.dtype=float32 / "
+            f"load_model(dtype='float32'))")
+    if unchanged == selected:
+        raise ValueError(f"model surgery would change nothing: all {selected} selected rows round back to their "
+                         f"original values in {dtype} at alpha={alpha}; {hint}")
+    message = (f"model surgery: {unchanged} of {selected} selected rows round back to their original values in "
+               f"{dtype} at alpha={alpha}, so only {selected - unchanged} rows change; {hint}")
+    logger.warning(message)
+    warnings.warn(message, stacklevel=3)
+
+
 @torch.no_grad()
 def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperParams,
                 probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None) -> SurgeryPatch:
@@ -215,6 +232,7 @@ def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperPar
     gen = torch.Generator().manual_seed(hparams.seed)
     v = _edit_vector(model, spec, w.float().cpu(), hparams, gen)
     edits = []
+    unchanged = 0
     for layer, rows_idx in picked.items():
         name = arch.gate_param_name(spec, layer)
         param = model.get_parameter(name)
@@ -225,16 +243,20 @@ def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperPar
             new = edited_rows(original, v, hparams.alpha, hparams.step, gain.cpu(), keep.cpu())
         else:
             new = edited_rows(original, v, hparams.alpha, hparams.step)
+        new = new.to(param.dtype)
+        unchanged += int((new == original).all(dim=1).sum())
         edits.append(RowEdit(param_name=name, layer=layer, rows=rows_idx.cpu(), original=original,
-                             edited=new.to(param.dtype), rows_are_columns=spec.rows_are_columns))
+                             edited=new, rows_are_columns=spec.rows_are_columns))
+    dtype = next(model.parameters()).dtype
+    _check_rows_changed(k, unchanged, hparams.alpha, dtype)
     selected_scores = torch.cat([scores[l][picked[l]] for l in picked])
     meta = {
         "model_name": str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")),
         "model_type": getattr(model.config, "model_type", None),
         "hidden_size": hidden,
         "config_hash": config_hash(model),
-        "dtype": str(next(model.parameters()).dtype),
-        "n_candidates": total, "top_k": k, "candidate_layers": layers,
+        "dtype": str(dtype),
+        "n_candidates": total, "top_k": k, "rows_changed": k - unchanged, "candidate_layers": layers,
         "selected_score_mean": float(selected_scores.mean()), "selected_score_min": float(selected_scores.min()),
         "probe_accuracy": probe.val_accuracy if probe is not None else None,
         "hparams": {k_: v_ for k_, v_ in hparams.to_dict().items() if k_ != "model_name"},
@@ -284,8 +306,8 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
             while len(_PATCH_CACHE) > _PATCH_CACHE_SIZE:
                 _PATCH_CACHE.popitem(last=False)
     patch.metadata["compute_seconds"] = time.perf_counter() - start
-    logger.info("model surgery: %d rows selected over %d layers (K of %d candidates)",
-                patch.num_rows, len(patch.edits), patch.metadata["n_candidates"])
+    logger.info("model surgery: %d rows selected over %d layers (K of %d candidates), %d of them changed",
+                patch.num_rows, len(patch.edits), patch.metadata["n_candidates"], patch.metadata["rows_changed"])
     return patch
 
 
