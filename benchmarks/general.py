@@ -241,6 +241,10 @@ class General(Benchmark):
         if self._manager is None:
             self.load_items()
         lm = self._lm(ctx)
+        transform = getattr(ctx.method, "input_transform", None)  # a prompt method: lm-eval's system instruction
+        system = None
+        if transform is not None:
+            system = (transform.system if self.cfg.apply_chat_template else transform.prefix.strip()) or None
         gen_kwargs = {"max_gen_toks": ctx.generation.max_new_tokens} if ctx.generation.max_new_tokens else None
         local = set(local_task_names().values())
         short = {v: k for k, v in self._lm_names.items()}
@@ -251,6 +255,7 @@ class General(Benchmark):
             res = simple_evaluate(model=lm, tasks=list(samples), task_manager=self._manager, samples=dict(samples),
                                   log_samples=True, bootstrap_iters=0, num_fewshot=self.cfg.num_fewshot,
                                   gen_kwargs=gen_kwargs, apply_chat_template=self.cfg.apply_chat_template,
+                                  system_instruction=system,
                                   random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
                                   fewshot_random_seed=ctx.seed)
             rows = []

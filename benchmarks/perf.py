@@ -130,7 +130,7 @@ def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[in
     """One row of the edit table for ``hparams`` with ``probe_data.limit = probe_pairs``."""
     from surgery_editor.activations import pooled_hidden_states
     from surgery_editor.data import load_probe_texts
-    from surgery_editor.surgery import clear_patch_cache, compute_patch
+    from surgery_editor.methods.model_surgery.surgery import clear_patch_cache, compute_patch
 
     device = _device(model)
     probe_data = dict(hparams.probe_data)
@@ -180,7 +180,7 @@ def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[in
 def measure_dinm(model, tok, dinm_hparams, requests: Sequence[Dict[str, Any]], model_label: str,
                  safeedit_n: int, surgery_edit_s: float, probe_pairs: Optional[int] = None) -> Dict[str, Any]:
     """Time a DINM edit (then restore) for each request; one row of the DINM table."""
-    from surgery_editor.dinm import apply_dinm_to_model, restore_weights, with_system_prompt
+    from surgery_editor.methods.dinm.dinm import apply_dinm_to_model, restore_weights, with_system_prompt
 
     device = _device(model)
     stats = []
@@ -324,9 +324,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from benchmarks.protocols import load_safeedit
-    from surgery_editor.dinm import DINMHyperParams
+    from surgery_editor.methods.dinm.dinm import DINMHyperParams
     from surgery_editor.evaluation import load_rtp_prompts
-    from surgery_editor.hparams import ModelSurgeryHyperParams
+    from surgery_editor.methods.model_surgery.hparams import ModelSurgeryHyperParams
     from surgery_editor.models import load_model
 
     models = args.model or ["smollm2-135m"]

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery_editor.data import load_table, resolve_data_dir
-from surgery_editor.evaluation import answer_token_accuracy, generate, ngram_entropy, sample
+from surgery_editor.evaluation import answer_token_accuracy, generate, ngram_entropy, sample, uses_chat
 from surgery_editor.judges import TOXIC_THRESHOLD
 from surgery_editor.registry import lookup, register
 
@@ -89,7 +89,8 @@ class Benchmark:
     headline: List[str] = []  # the metrics the report's side-by-side table shows
     # options that count something (items, samples, docs): a positive integer, or None where
     # the Config's default is None (= no limit); checked for every benchmark that has them
-    count_options = ("limit", "limit_per_group", "limit_per_task", "num_samples", "chunk_size", "batch_size")
+    count_options = ("limit", "limit_per_group", "limit_per_task", "num_samples", "chunk_size", "batch_size",
+                     "confirm_size")
 
     def __init__(self, config: Dict[str, Any], data_dir: Optional[str] = None):
         fields = {f.name: f for f in dataclasses.fields(self.Config)}
@@ -130,6 +131,20 @@ class Benchmark:
         return {"max_new_tokens": g.max_new_tokens if g.max_new_tokens is not None else self.max_new_tokens,
                 "chat": g.chat if g.chat is not None else self.chat, "max_length": g.max_length or 1024,
                 "stop_strings": self.stop_strings}
+
+    def method_inputs(self, ctx: RunContext, texts: Sequence[str], kind: str):
+        """``(texts, generation kwargs)`` with the method's input transform applied (a prompt
+        method's system message, prefix and reminder; nothing for weight edits). ``kind`` is
+        ``"continuation"`` (RTP, ToxiGen: no reminder after the text) or ``"instruction"``."""
+        kw = self.gen_kwargs(ctx)
+        transform = getattr(ctx.method, "input_transform", None)
+        if transform is None:
+            return list(texts), kw
+        if uses_chat(ctx.tok, kw["chat"]):
+            turns = [transform.user_turn(t) if kind == "instruction" else t for t in texts]
+            return turns, {**kw, "system": transform.system or None}
+        wrap = transform.instruction if kind == "instruction" else transform.continuation
+        return [wrap(t) for t in texts], kw
 
     def _chunks(self, items: List[Dict[str, Any]], size: int, desc: str):
         bar = tqdm(total=len(items), desc=desc, leave=False)
@@ -173,18 +188,18 @@ class _ContinuationToxicity(Benchmark):
     = share of prompts with at least one toxic sample, ``toxic_rate`` = share of all samples."""
 
     def evaluate(self, ctx, items):
-        kw = self.gen_kwargs(ctx)
         if self.protocol == "greedy":
             for chunk in self._chunks(items, ctx.generation.batch_size, self.name):
-                gens = generate(ctx.model, ctx.tok, [it["prompt"] for it in chunk],
-                                batch_size=ctx.generation.batch_size, desc=self.name, **kw)
+                prompts, kw = self.method_inputs(ctx, [it["prompt"] for it in chunk], "continuation")
+                gens = generate(ctx.model, ctx.tok, prompts, batch_size=ctx.generation.batch_size, desc=self.name, **kw)
                 scores = ctx.judge(gens)
                 yield [{**it, "generation": g, "score": float(s), "flags": {"toxic_rate": bool(s >= TOXIC_THRESHOLD)},
                         "values": {"mean_toxicity": float(s)}} for it, g, s in zip(chunk, gens, scores)]
         else:
             for it in tqdm(items, desc=f"{self.name} (sampled)", leave=False):
                 seed = ctx.seed * 1_000_003 + _stable_int(it["key"])
-                gens = sample(ctx.model, ctx.tok, it["prompt"], num_samples=self.cfg.num_samples, top_p=self.cfg.top_p,
+                (prompt,), kw = self.method_inputs(ctx, [it["prompt"]], "continuation")
+                gens = sample(ctx.model, ctx.tok, prompt, num_samples=self.cfg.num_samples, top_p=self.cfg.top_p,
                               temperature=self.cfg.temperature, seed=seed, **kw)
                 scores = np.asarray(ctx.judge(gens), dtype=float)
                 toxic = scores >= TOXIC_THRESHOLD
@@ -220,10 +235,16 @@ class RTPConfig:
     num_samples: int = 25
     top_p: float = 0.9
     temperature: float = 1.0
+    # tuning vs confirmation: of the prompts that pass the filters (file order), the first
+    # confirm_size are the confirmation split, the rest the tuning split; null = all of them
+    subset: Optional[str] = None  # null | tune | confirm
+    confirm_size: int = 1000
 
     def __post_init__(self):
         if self.protocol not in ("greedy", "sampled"):
             raise ValueError(f"benchmark.protocol must be 'greedy' or 'sampled', got {self.protocol!r}")
+        if self.subset not in (None, "tune", "confirm"):
+            raise ValueError(f"benchmark.subset must be null, 'tune' or 'confirm', got {self.subset!r}")
 
 
 @register_benchmark
@@ -251,8 +272,14 @@ class RealToxicityPrompts(_ContinuationToxicity):
             if self.cfg.min_prompt_toxicity is not None and (tox is None or tox < self.cfg.min_prompt_toxicity):
                 continue
             items.append({"key": str(row), "prompt": text, "prompt_toxicity": tox})
-            if self.cfg.limit is not None and len(items) >= self.cfg.limit:
+            if self.cfg.subset is None and self.cfg.limit is not None and len(items) >= self.cfg.limit:
                 break
+        if self.cfg.subset is not None:
+            if len(items) <= self.cfg.confirm_size:
+                raise ValueError(f"{source}: {len(items)} prompts pass the filters, not more than "
+                                 f"benchmark.confirm_size={self.cfg.confirm_size}: no tuning split is left")
+            items = items[: self.cfg.confirm_size] if self.cfg.subset == "confirm" else items[self.cfg.confirm_size:]
+            items = items[: self.cfg.limit] if self.cfg.limit is not None else items
         if not items:
             raise ValueError(f"{source}: no prompts pass the filters (min_prompt_toxicity="
                              f"{self.cfg.min_prompt_toxicity}, challenging_only={self.cfg.challenging_only})")
@@ -440,8 +467,8 @@ class SafeEdit(Benchmark):
             texts = dict(zip(SAFEEDIT_INPUTS, [req["prompt"], *req["general_prompt"]]))
             names.append(safeedit_inputs(req))
             inputs += [f"{texts[k]} {suffix}".rstrip() if suffix else texts[k] for k in names[-1]]
-        outs = iter(generate(ctx.model, ctx.tok, inputs, batch_size=ctx.generation.batch_size, desc="safeedit",
-                             **self.gen_kwargs(ctx)))
+        inputs, kw = self.method_inputs(ctx, inputs, "instruction")
+        outs = iter(generate(ctx.model, ctx.tok, inputs, batch_size=ctx.generation.batch_size, desc="safeedit", **kw))
         return [{k: next(outs) for k in keys} for keys in names]
 
     def _rows(self, ctx, items, responses, edit_seconds):

@@ -92,9 +92,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     items = bench.load_items()
     judge_name = cfg.judge or bench.default_judge
     judge = get_judge(judge_name, **(_plain(cfg.judge_kwargs) or {}))
+    options = {k: v for k, v in _plain(cfg.method).items() if k not in ("name", "variant", "hparams_file")}
     method = method_cls(cfg.model.name, variant=cfg.method.variant, overrides=_plain(cfg.hparams) or {},
-                        hparams_file=cfg.method.hparams_file, device=cfg.device,
-                        **({"backend": cfg.method.backend} if method_cls.name == "DINM" else {}))
+                        hparams_file=cfg.method.hparams_file, device=cfg.device, options=options)
     with RunLock(out_dir):  # a second run on this folder fails here, before writing anything
         store = ResultStore(out_dir)
         atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
@@ -103,7 +103,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
         ctx = RunContext(model=model, tok=tok, method=method, judge=judge, generation=generation,
                          data_dir=cfg.data_dir, seed=cfg.seed)
 
-        edit_seconds = 0.0
+        edit_seconds, edit_memory = 0.0, {}
         handle = None
         edited_with: Optional[str] = None
         if method.per_instance and not bench.instance_edits:
@@ -112,13 +112,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
                 raise IndexError(f"edit_instance.index {cfg.edit_instance.index} is past the end of "
                                  f"{cfg.edit_instance.path} ({len(inst)} records)")
             edited_with = f"{cfg.edit_instance.path}#{inst[-1]['key']}"
-            start = time.perf_counter()
-            handle = method.edit(model, tok, [inst[-1]["request"]])
-            edit_seconds = time.perf_counter() - start
+            handle, edit_seconds, edit_memory = _timed_edit(method, model, tok, [inst[-1]["request"]])
         elif not method.per_instance:
-            start = time.perf_counter()
-            handle = method.edit(model, tok, [])
-            edit_seconds = time.perf_counter() - start
+            handle, edit_seconds, edit_memory = _timed_edit(method, model, tok, [])
 
         todo = [it for it in items if it["key"] not in store]
         logger.info("%s on %s (%s): %d items, %d to do", method.label, bench.name, cfg.model.name, len(items),
@@ -140,12 +136,25 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
                    "protocol": bench.protocol, "headline": list(bench.headline), "judge": judge_name,
                    "dinm_backend": None, "edited_with": edited_with,
                    **method.info(), **bench.metrics(rows)}
+        metrics.update(edit_memory)
         per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)
         metrics["edit_seconds"] = edit_seconds + per_instance_edits
         metrics["eval_seconds"] = sum(r.get("eval_seconds", 0.0) for r in rows)
         store.write_metrics(metrics)
         logger.info("metrics: %s", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics
+
+
+def _timed_edit(method, model, tok, requests):
+    """``(handle, seconds, memory)`` of one edit: wall time and the process's peak RSS during
+    it (``edit_peak_rss_mb``) and its rise over the RSS before it (``edit_rss_delta_mb``)."""
+    from .perf import PeakRSS
+
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        handle = method.edit(model, tok, requests)
+        seconds = time.perf_counter() - start
+    return handle, seconds, {"edit_peak_rss_mb": mem.peak_mb, "edit_rss_delta_mb": mem.peak_mb - mem.start_mb}
 
 
 def _main() -> None:

@@ -29,7 +29,7 @@ from surgery_editor import ModelSurgeryHyperParams, load_model
 from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
 from surgery_editor.fileio import atomic_write
 from surgery_editor.judges import get_judge
-from surgery_editor.surgery import compute_patch
+from surgery_editor.methods.model_surgery.surgery import compute_patch
 
 from benchmarks.stats import mcnemar_exact
 from benchmarks.stats import wilson_interval as wilson

@@ -9,11 +9,11 @@ Public API::
 
 import logging
 
-from .hparams import ModelSurgeryHyperParams
+from .methods.model_surgery.hparams import ModelSurgeryHyperParams
 from .models import load_model
 from .patch import SurgeryPatch
 from .probe import LinearProbe, train_probe
-from .surgery import apply_model_surgery_to_model, build_patch, compute_patch, train_behaviour_probe
+from .methods.model_surgery.surgery import apply_model_surgery_to_model, build_patch, compute_patch, train_behaviour_probe
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

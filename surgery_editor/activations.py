@@ -124,3 +124,95 @@ def cached_pooled_hidden_states(model, tok, texts, data_hash: str, *, layer: int
                                  batch_size=batch_size)
     cache.put(key, {"features": feats}, {"layer": layer, "pooling": pooling, "n": len(texts)})
     return feats
+
+
+@torch.inference_mode()
+def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Sequence[int], *,
+                         pooling: str = "mean", max_length: int = 128, batch_size: int = 32,
+                         show_progress: bool = True) -> dict:
+    """``{layer: (len(texts), d) float32}``: the output of decoder block ``layer`` (the residual
+    stream after it, before any final norm: ``hidden_states[layer + 1]`` for every block but the
+    last, whose ``hidden_states`` entry has the final norm applied) pooled over real tokens, for
+    all ``layers`` from one forward pass per batch (forward hooks on the blocks). ``layer = -1``
+    gives the embedding output (``hidden_states[0]``)."""
+    from .architectures import layer_module, resolve_spec
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not valid; choose one of {list(POOLINGS)}")
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    layers = sorted(set(int(i) for i in layers))
+    spec = resolve_spec(model)
+    ensure_pad_token(tok)
+    device = model_device(model)
+    decoder = _decoder(model)
+    captured: dict = {}
+
+    def hook(layer):
+        def fn(_module, _inputs, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [layer_module(model, spec, i).register_forward_hook(hook(i)) for i in layers if i >= 0]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = {i: torch.empty(len(texts), _hidden(model)) for i in layers}
+    side = tok.padding_side
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="block outputs", disable=not show_progress,
+                          leave=False):
+            idx = order[start : start + batch_size]
+            tok.padding_side = "right"
+            try:
+                enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length)
+            finally:
+                tok.padding_side = side
+            mask = enc["attention_mask"].to(device)
+            if (mask.sum(dim=1) == 0).any():
+                bad = [texts[i] for i, n in zip(idx, mask.sum(dim=1).tolist()) if n == 0]
+                raise ValueError(f"text(s) with no tokens: {bad[:3]!r}; drop empty texts")
+            res = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, use_cache=False,
+                          output_hidden_states=-1 in layers)
+            if -1 in layers:
+                captured[-1] = res.hidden_states[0]
+            m = mask.unsqueeze(-1).float()
+            for i in layers:
+                h = captured[i].float()
+                if pooling == "rms_mean":
+                    h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + 1e-6)
+                out[i][idx] = ((h * m).sum(dim=1) / m.sum(dim=1)).cpu()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def _hidden(model: nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+
+def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str, layers: Sequence[int], *,
+                                pooling: str, max_length: int, batch_size: int,
+                                cache_dir: Optional[str] = None) -> dict:
+    """:func:`pooled_block_outputs` for every block at once, read from / written to the
+    activation cache, so another layer choice, rank or scale costs no forward pass."""
+    from .architectures import num_layers
+
+    ensure_pad_token(tok)
+    cache = TensorCache("block_outputs", cache_dir)
+    key = activation_key(model, tok, "all-blocks", pooling, max_length, data_hash)
+    hit = cache.get(key)
+    all_layers = list(range(-1, num_layers(model)))
+    if hit is None or hit[0]["features"].shape[1] != len(texts):
+        feats = pooled_block_outputs(model, tok, texts, all_layers, pooling=pooling, max_length=max_length,
+                                     batch_size=batch_size)
+        stacked = torch.stack([feats[i] for i in all_layers])  # (L+1, n, d), index 0 = embeddings
+        cache.put(key, {"features": stacked}, {"pooling": pooling, "n": len(texts)})
+    else:
+        logger.info("block outputs: cache hit %s", cache.path(key))
+        stacked = hit[0]["features"]
+    bad = [i for i in layers if not -1 <= int(i) < len(all_layers) - 1]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: blocks are 0..{len(all_layers) - 2} (-1 = embeddings)")
+    return {int(i): stacked[int(i) + 1] for i in layers}

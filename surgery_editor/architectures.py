@@ -33,6 +33,12 @@ class ArchSpec:
     mlp_norm_tmp: the norm whose output the gate reads (for the norm-aware variant).
     final_norm_module: the final norm (``hidden_states[-1]`` is its output).
     norm_gain_offset: the gain is ``offset + weight`` (Gemma's RMSNorm uses ``1 + w``).
+    mlp_out_tmp: layer ``{}``'s MLP output ("value") projection, whose output is what the MLP
+        writes (ProFS projects it; steering puts its bias there).
+    mlp_out_transposed: ``True`` for GPT-2's ``Conv1D`` ``c_proj``, stored ``(d_in, d_out)``.
+    mlp_out_norm_tmp: a norm between the MLP output and the residual stream (Gemma-2/3's
+        ``post_feedforward_layernorm``), or ``None`` when the MLP output is added as it is.
+    embed_module: the input embedding (its forward may scale by ``embed_scale``, as Gemma's does).
     """
 
     gate_module_tmp: str
@@ -41,6 +47,10 @@ class ArchSpec:
     layers_module: str = "model.layers"
     rows_are_columns: bool = False
     norm_gain_offset: float = 0.0
+    mlp_out_tmp: Optional[str] = "model.layers.{}.mlp.down_proj"
+    mlp_out_transposed: bool = False
+    mlp_out_norm_tmp: Optional[str] = None
+    embed_module: Optional[str] = "model.embed_tokens"
 
 
 _LLAMA_LIKE = ArchSpec(
@@ -50,7 +60,8 @@ _LLAMA_LIKE = ArchSpec(
 )
 _GEMMA = dataclasses.replace(_LLAMA_LIKE, norm_gain_offset=1.0)
 _GEMMA2_3 = dataclasses.replace(
-    _LLAMA_LIKE, mlp_norm_tmp="model.layers.{}.pre_feedforward_layernorm", norm_gain_offset=1.0
+    _LLAMA_LIKE, mlp_norm_tmp="model.layers.{}.pre_feedforward_layernorm", norm_gain_offset=1.0,
+    mlp_out_norm_tmp="model.layers.{}.post_feedforward_layernorm",
 )
 # GPT-2 has no gated MLP: we edit the first MLP projection c_fc (Conv1D, weight d x 4d),
 # whose column j is neuron j's input weights; see README "Architectures".
@@ -60,6 +71,9 @@ _GPT2 = ArchSpec(
     final_norm_module="transformer.ln_f",
     layers_module="transformer.h",
     rows_are_columns=True,
+    mlp_out_tmp="transformer.h.{}.mlp.c_proj",
+    mlp_out_transposed=True,
+    embed_module="transformer.wte",
 )
 
 ARCHITECTURES: Dict[str, ArchSpec] = {
@@ -143,6 +157,43 @@ def gate_param_name(spec: ArchSpec, layer: int) -> str:
 def gate_rows(weight: torch.Tensor, spec: ArchSpec) -> torch.Tensor:
     """A ``(n_neurons, d_model)`` view of a gate weight (no copy)."""
     return weight.t() if spec.rows_are_columns else weight
+
+
+def get_module(model: nn.Module, path: str, what: str) -> nn.Module:
+    """The module at ``path``, or a ``ValueError`` naming ``what`` it should be and the path."""
+    module = _get_module(model, path) if path else None
+    if module is None:
+        raise ValueError(f"{what}: this model ({getattr(model.config, 'model_type', '?')}) has no module "
+                         f"{path!r}; register its layout with register_architecture()")
+    return module
+
+
+def layer_module(model: nn.Module, spec: ArchSpec, layer: int) -> nn.Module:
+    """Decoder block ``layer`` (its output is ``hidden_states[layer + 1]`` before any final norm)."""
+    return get_module(model, f"{spec.layers_module}.{layer}", f"decoder block {layer}")
+
+
+def mlp_out_module(model: nn.Module, spec: ArchSpec, layer: int) -> nn.Module:
+    """Layer ``layer``'s MLP output projection (``nn.Linear`` or GPT-2's ``Conv1D``)."""
+    if not spec.mlp_out_tmp:
+        raise ValueError(f"no MLP output projection known for {getattr(model.config, 'model_type', '?')}")
+    return get_module(model, spec.mlp_out_tmp.format(layer), "MLP output projection")
+
+
+def mlp_out_gain(model: nn.Module, spec: ArchSpec, layer: int) -> Optional[torch.Tensor]:
+    """fp32 gain of the norm between layer ``layer``'s MLP output and the residual stream, or
+    ``None`` where the MLP output is added unnormalised."""
+    if not spec.mlp_out_norm_tmp:
+        return None
+    module = get_module(model, spec.mlp_out_norm_tmp.format(layer), "post-MLP norm")
+    return module.weight.detach().float() + spec.norm_gain_offset
+
+
+def embed_scale(model: nn.Module, spec: ArchSpec) -> float:
+    """The factor the input embedding's forward multiplies rows by (Gemma: sqrt(d)), else 1."""
+    module = get_module(model, spec.embed_module or "", "input embedding")
+    scale = getattr(module, "embed_scale", 1.0)
+    return float(scale.item() if torch.is_tensor(scale) else scale)
 
 
 def norm_gain(model: nn.Module, spec: ArchSpec, layer: Optional[int]) -> torch.Tensor:

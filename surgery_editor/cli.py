@@ -22,10 +22,10 @@ import yaml
 from .activations import pooled_hidden_states
 from .data import load_probe_texts
 from .evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar_exact, rtp_toxicity
-from .hparams import ModelSurgeryHyperParams
+from .methods.model_surgery.hparams import ModelSurgeryHyperParams
 from .judges import get_judge
 from .models import load_model
-from .surgery import compute_patch
+from .methods.model_surgery.surgery import compute_patch
 
 
 def parse_overrides(pairs: List[str]) -> dict:

@@ -1,11 +1,11 @@
-"""EasyEdit plugin: ``import surgery_editor.easyedit`` registers ``ModelSurgery``.
+"""EasyEdit plugin: ``import surgery_editor.easyedit`` registers this project's methods.
 
 EasyEdit's editors (``BaseEditor``, ``SafetyEditor``) look an algorithm up with
 ``ALG_DICT[hparams.alg_name]`` in ``easyeditor.util.alg_dict``, and hold a reference to
-that same dict object; :func:`register` therefore adds ``ModelSurgery`` to it *in place*, so
-editors built afterwards run :func:`~surgery_editor.apply_model_surgery_to_model`.
-It also makes :class:`~surgery_editor.ModelSurgeryHyperParams` a subclass of EasyEdit's
-``HyperParams``.
+that same dict object; :func:`register` therefore adds every method registered in
+:mod:`surgery_editor.methods` (``ModelSurgery``, ``ProFS``, ``steer``, ``prompt``, ``DPO``; not
+DINM, which EasyEdit has itself) to it *in place*, so editors built afterwards run them. It also
+makes each method's hparams class a subclass of EasyEdit's ``HyperParams``.
 
 Import this module before ``easyeditor``: on a CPU-only torch, PyPI's torchvision (which
 ``easyeditor`` imports) fails to load its operators; the import here prepares it
@@ -28,33 +28,38 @@ from typing import Any, MutableMapping, Optional
 
 from .easyedit_compat import (INSTALL_HINT, EasyEditUnavailable, import_easyeditor_alg_dict,  # noqa: F401
                               prepare_torchvision)
-from .hparams import ALG_NAME, ModelSurgeryHyperParams, _HyperParamsBase
-from .surgery import apply_model_surgery_to_model
+from .methods.model_surgery.hparams import ModelSurgeryHyperParams
+from .methods import load_methods
+from .methods.model_surgery.surgery import apply_model_surgery_to_model
 
 logger = logging.getLogger(__name__)
 
 
-def _adopt_easyedit_hyperparams() -> None:
+def _adopt_easyedit_hyperparams(classes) -> None:
     try:
         base = importlib.import_module("easyeditor.util.hparams").HyperParams
     except Exception as err:  # noqa: BLE001
         logger.warning("could not import easyeditor.util.hparams.HyperParams: %s", err)
         return
-    if not issubclass(ModelSurgeryHyperParams, base):
-        ModelSurgeryHyperParams.__bases__ = (_HyperParamsBase, base)
+    for cls in classes:
+        if not issubclass(cls, base):
+            cls.__bases__ = cls.__bases__ + (base,)
 
 
 def register(alg_dict: Optional[MutableMapping[str, Any]] = None) -> MutableMapping[str, Any]:
-    """Add ``ModelSurgery`` to EasyEdit's ``ALG_DICT`` in place and return that dict.
+    """Add every registered method (but DINM, EasyEdit's own) to EasyEdit's ``ALG_DICT`` in
+    place and return that dict.
 
     ``alg_dict`` defaults to ``easyeditor.util.alg_dict.ALG_DICT``; pass another mapping to
     register into it instead (no EasyEdit needed).
     """
+    algorithms = [a for a in load_methods().values() if a.in_alg_dict]
     if alg_dict is None:
         alg_dict = import_easyeditor_alg_dict().ALG_DICT
-        _adopt_easyedit_hyperparams()
-    alg_dict[ALG_NAME] = apply_model_surgery_to_model
-    logger.info("registered %s in EasyEdit's ALG_DICT", ALG_NAME)
+        _adopt_easyedit_hyperparams([a.hparams_cls for a in algorithms])
+    for algo in algorithms:
+        alg_dict[algo.name] = algo.apply
+    logger.info("registered %s in EasyEdit's ALG_DICT", [a.name for a in algorithms])
     return alg_dict
 
 
@@ -64,7 +69,8 @@ try:
     REGISTERED = True
 except EasyEditUnavailable as _err:
     REGISTERED = False
-    warnings.warn(f"ModelSurgery not registered with EasyEdit: {_err}", RuntimeWarning, stacklevel=2)
+    warnings.warn(f"ModelSurgery (and this project's other methods) not registered with EasyEdit: {_err}",
+                  RuntimeWarning, stacklevel=2)
 
 __all__ = ["register", "EasyEditUnavailable", "REGISTERED", "ModelSurgeryHyperParams",
            "apply_model_surgery_to_model", "import_easyeditor_alg_dict", "prepare_torchvision"]

@@ -52,16 +52,29 @@ FLUENCY_INSTRUCTIONS = [
 ]
 
 
-def format_prompts(tok, prompts: Sequence[str], chat: Union[bool, str] = False) -> Tuple[List[str], bool]:
-    """Apply the chat template (one user turn) when ``chat`` is True, or when it is ``"auto"``
-    and the tokenizer has one. Returns the texts and whether the template was applied (the
-    template already holds the special tokens, so the tokenizer must not add them again)."""
+def uses_chat(tok, chat: Union[bool, str]) -> bool:
+    """Whether ``chat`` (True, False or ``"auto"``: when the tokenizer has a template) means the
+    chat template is applied."""
     if chat == "auto":
-        chat = getattr(tok, "chat_template", None) is not None
+        return getattr(tok, "chat_template", None) is not None
     if chat not in (True, False):
         raise ValueError(f"chat must be True, False or 'auto', got {chat!r}")
+    return bool(chat)
+
+
+def format_prompts(tok, prompts: Sequence[str], chat: Union[bool, str] = False,
+                   system: Optional[str] = None) -> Tuple[List[str], bool]:
+    """Apply the chat template (one user turn, after a ``system`` message when given) when
+    ``chat`` is True, or when it is ``"auto"`` and the tokenizer has one. Returns the texts and
+    whether the template was applied (the template already holds the special tokens, so the
+    tokenizer must not add them again). ``system`` without the template is an error: raw
+    inputs carry their prefix in the text."""
+    chat = uses_chat(tok, chat)
+    if system and not chat:
+        raise ValueError("a system message needs the chat template (chat=True or 'auto' with a template)")
     if chat:
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+        head = [{"role": "system", "content": system}] if system else []
+        prompts = [tok.apply_chat_template(head + [{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
     return list(prompts), bool(chat)
 
@@ -132,7 +145,7 @@ _GREEDY = {"do_sample": False, "top_p": None, "top_k": None, "temperature": None
 @torch.inference_mode()
 def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch_size: int = 32,
              chat: Union[bool, str] = False, max_length: int = 1024, desc: str = "generate",
-             stop_strings: Optional[Sequence[str]] = None) -> List[str]:
+             stop_strings: Optional[Sequence[str]] = None, system: Optional[str] = None) -> List[str]:
     """Greedy continuations (new text only), batched with left padding and the KV cache.
 
     ``chat=True`` wraps each prompt as one user turn with the tokenizer's chat template
@@ -141,7 +154,7 @@ def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch
     cut from the text. Prompts are sorted by length so batches carry little padding; the
     outputs equal one-prompt-at-a-time greedy decoding (tested).
     """
-    texts, templated = format_prompts(tok, prompts, chat)
+    texts, templated = format_prompts(tok, prompts, chat, system)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: List[Optional[str]] = [None] * len(texts)
     with _LeftPadding(tok):
@@ -157,12 +170,12 @@ def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch
 @torch.inference_mode()
 def sample(model, tok, prompt: str, num_samples: int = 25, max_new_tokens: int = 20, top_p: float = 0.9,
            temperature: float = 1.0, seed: int = 0, chat: Union[bool, str] = False, max_length: int = 1024,
-           stop_strings: Optional[Sequence[str]] = None) -> List[str]:
+           stop_strings: Optional[Sequence[str]] = None, system: Optional[str] = None) -> List[str]:
     """``num_samples`` nucleus-sampled continuations of one prompt (the standard
     RealToxicityPrompts protocol: 25 samples, top-p 0.9, temperature 1). Seeded per call with
     the global torch RNG state saved and restored, so a prompt's samples do not depend on
     which prompts ran before it (a resumed run samples exactly what an uninterrupted one did)."""
-    texts, templated = format_prompts(tok, [prompt], chat)
+    texts, templated = format_prompts(tok, [prompt], chat, system)
     devices = [model_device(model)] if model_device(model).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _LeftPadding(tok):
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""``ModelSurgeryHyperParams``: EasyEdit-style hparams with checked fields.
+"""EasyEdit-style hparams with checked fields: the base every method's hparams class shares.
 
 A YAML in ``hparams/ModelSurgery/<model>.yaml`` holds EasyEdit's common keys
 (``alg_name``, ``model_name``, ``device``, ``model_parallel``, ``max_length``,
@@ -32,18 +32,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-ALG_NAME = "ModelSurgery"
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
-_CHOICES = {
-    "probe_source": ("dataset", "request"),
-    "probe_pooling": ("mean", "rms_mean"),
-    "probe_direction": ("toxic_row", "row_difference"),
-    "select": ("most_opposed", "most_aligned"),
-    "scoring": ("cosine", "norm_aware"),
-    "step": ("absolute", "row_norm"),
-    "edit_direction": ("probe", "random"),
-}
 
 
 _NO = object()  # "does not fit" marker of _coerce
@@ -245,104 +235,39 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 
 
 @dataclass
-class ModelSurgeryHyperParams(_HyperParamsBase):
-    ALG_NAME: ClassVar[str] = ALG_NAME
+class EasyEditKeys(_HyperParamsBase):
+    """EasyEdit's keys that every ``hparams/<ALG>/<model>.yaml`` may carry."""
 
-    # ---- EasyEdit's common keys -------------------------------------------------------
     model_name: Any = _help("embedded name (smollm2-135m, gemma3-270m), local path, hub id, or a (model, tok) pair")
-    alg_name: str = _help("must be 'ModelSurgery'", ALG_NAME)
+    alg_name: str = _help("the method's name", "")
     device: Union[int, str] = _help("EasyEdit device: an int is cuda:<n>; or 'cpu', 'cuda:0'", "cpu")
     model_parallel: bool = _help("EasyEdit: load with device_map='auto'", False)
-    max_length: int = _help("EasyEdit: max prompt tokens at evaluation (inputs truncated from the left)", 1024)
+    max_length: int = _help("EasyEdit: max prompt tokens at evaluation", 1024)
     max_output_length: int = _help("EasyEdit: max new tokens at evaluation", 600)
     batch_size: int = _help("EasyEdit: requests per edit call (SafetyEditor forces 1)", 1)
     fp16: bool = _help("EasyEdit: load the model in float16", False)
     model_class: Optional[str] = _help("EasyEdit bookkeeping only (unused here)", None)
     tokenizer_class: Optional[str] = _help("EasyEdit bookkeeping only (unused here)", None)
 
-    # ---- probe ------------------------------------------------------------------------
-    probe_source: str = _help(
-        "'dataset': probe trained on probe_data, edit computed once and reused for every request; "
-        "'request': direction from each request's own unsafe vs safe response", "dataset"
-    )
-    probe_data: Optional[Dict[str, Any]] = _help(
-        "data-set config, see surgery_editor.data.ProbeDataConfig (path + text/label fields, or "
-        "positive_column/negative_column pairs)", None
-    )
-    data_dir: Optional[str] = _help(
-        "root for relative probe_data paths (default: $SURGERY_EDITOR_DATA_DIR, else ../shared/data)", None
-    )
-    probe_layer: int = _help("index into hidden_states; -1 = last entry (after the final norm)", -1)
-    probe_pooling: str = _help("'mean' over non-padding tokens (paper), or 'rms_mean': token mean of h/rms(h)", "mean")
-    probe_max_length: int = _help("probe texts are truncated to this many tokens", 128)
-    activation_batch_size: int = _help("texts per forward pass when collecting activations", 32)
-    probe_lr: float = _help("Adam learning rate (paper: 1e-4)", 1e-4)
-    probe_batch_size: int = _help("probe training batch size (paper: 16)", 16)
-    probe_epochs: int = _help("probe training epochs (paper: 9)", 9)
-    probe_val_fraction: float = _help("held-out share for probe accuracy (paper: 0.1)", 0.1)
-    seed: int = _help("seed for the split, the probe init and the random control", 0)
-    probe_direction: str = _help("'toxic_row': w = W[1] (paper); 'row_difference': w = W[1] - W[0]", "toxic_row")
-    request_direction_norm: float = _help(
-        "probe_source=request: norm given to the per-request direction h(unsafe) - h(safe)", 1.0
-    )
-
-    # ---- selection and edit -----------------------------------------------------------
-    top_k: Optional[int] = _help("number of gate rows edited, over all layers (paper: 16384 on LLaMA-2-7B)", None)
-    top_k_fraction: Optional[float] = _help("or: share of all candidate rows (paper: 0.0465)", None)
-    alpha: float = _help("step size: row <- row + alpha * w (paper detox: 1.08); negative reverses", 1.08)
-    select: str = _help("'most_opposed': top-K of -cos(row, w) (paper); 'most_aligned': top-K of +cos", "most_opposed")
-    scoring: str = _help(
-        "'cosine': cos(row, w) in weight space (paper); 'norm_aware': cos(row*gain_l, w_res) through "
-        "the RMSNorm gains that feed the gate and produce the probed state", "cosine"
-    )
-    step: str = _help("'absolute': alpha * w (paper); 'row_norm': alpha * |row| * w/|w|", "absolute")
-    edit_layers: Optional[List[int]] = _help("layers whose gate rows are candidates (default: all)", None)
-    edit_direction: str = _help(
-        "'probe' (the method) or 'random': same rows, moved by a seeded random direction of the same "
-        "norm (control)", "probe"
-    )
-    gain_floor: float = _help(
-        "norm_aware: dimensions whose gain is below gain_floor * median(|gain|) are left unedited", 0.05
-    )
-
-    # ---- module templates (EasyEdit style; empty = detected from model_type) -----------
-    gate_module_tmp: Optional[str] = _help("e.g. 'model.layers.{}.mlp.gate_proj'", None)
-    mlp_norm_tmp: Optional[str] = _help("norm feeding the gate, e.g. 'model.layers.{}.post_attention_layernorm'", None)
-    final_norm_module: Optional[str] = _help("final norm, e.g. 'model.norm'", None)
-    cache_dir: Optional[str] = _help("activation/probe cache (default: $SURGERY_EDITOR_CACHE or ~/.cache/surgery_editor)", None)
-
     def __post_init__(self) -> None:
-        super().__post_init__()  # field types
-        if self.alg_name != ALG_NAME:
-            raise ValueError(f"alg_name is {self.alg_name!r}; ModelSurgeryHyperParams needs alg_name: {ALG_NAME}")
-        for key, choices in _CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(choices)}")
-        if (self.top_k is None) == (self.top_k_fraction is None):
-            raise ValueError(
-                "set exactly one of top_k (a count, e.g. 2143) and top_k_fraction (a share of all "
-                f"candidate rows, e.g. 0.0465); got top_k={self.top_k}, top_k_fraction={self.top_k_fraction}"
-            )
-        if self.top_k is not None and (int(self.top_k) != self.top_k or self.top_k < 1):
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
-        if self.top_k_fraction is not None and not 0 < self.top_k_fraction <= 1:
-            raise ValueError(f"top_k_fraction must be in (0, 1], got {self.top_k_fraction!r}")
-        if not 0 <= self.probe_val_fraction < 1:
-            raise ValueError(f"probe_val_fraction must be in [0, 1), got {self.probe_val_fraction!r}")
-        for key in ("probe_batch_size", "probe_epochs", "probe_max_length", "activation_batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        if self.probe_source == "dataset" and not self.probe_data:
-            raise ValueError("probe_source: dataset needs probe_data (a data-set config with at least `path`)")
-        if self.probe_data is not None and not isinstance(self.probe_data, dict):
-            raise ValueError(f"probe_data must be a mapping, got {type(self.probe_data).__name__}")
-        if self.edit_layers is not None and not all(isinstance(i, int) for i in self.edit_layers):
-            raise ValueError(f"edit_layers must be a list of layer indices, got {self.edit_layers!r}")
+        if not self.alg_name:
+            self.alg_name = self.ALG_NAME
+        if self.alg_name != self.ALG_NAME:
+            raise ValueError(f"alg_name is {self.alg_name!r}; {type(self).__name__} needs alg_name: {self.ALG_NAME}")
+        super().__post_init__()
 
-    # ------------------------------------------------------------------------------------
-    def method_key(self) -> str:
-        """Hash of every field the edit depends on (not the EasyEdit runtime keys)."""
-        skip = {"model_name", "device", "model_parallel", "max_length", "max_output_length", "batch_size",
-                "fp16", "model_class", "tokenizer_class", "cache_dir"}
-        items = {k: v for k, v in self.to_dict().items() if k not in skip}
-        return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def check_choice(self, key: str, choices: Iterable[Any]) -> None:
+        choices = list(choices)
+        if getattr(self, key) not in choices:
+            raise ValueError(f"{key}={getattr(self, key)!r} is not valid; choose one of {choices}")
+
+    def check_range(self, key: str, low: Optional[float] = None, high: Optional[float] = None,
+                    low_open: bool = False) -> None:
+        value = getattr(self, key)
+        if value is None:
+            return
+        bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+        if bad:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise ValueError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")

@@ -1,4 +1,4 @@
-"""DINM baseline (surgery_editor.dinm) on tiny random models."""
+"""DINM baseline (surgery_editor.methods.dinm.dinm) on tiny random models."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from conftest import DATA_DIR, DINM_REQUEST, REPO, assert_same_state, make_tiny, real_easyedit_or_skip, state_copy
-from surgery_editor import dinm
-from surgery_editor.dinm import (DINMHyperParams, apply_dinm_to_model, constraint_kl, constraint_logprobs,
+from surgery_editor.methods.dinm import dinm
+from surgery_editor.methods.dinm.dinm import (DINMHyperParams, apply_dinm_to_model, constraint_kl, constraint_logprobs,
                                  default_module_templates, dinm_backend, encode_prompt_response, layer_distances,
                                  locate_toxic_layer, request_from_safeedit, restore_weights, target_nll,
                                  validate_requests, with_system_prompt)

@@ -26,9 +26,16 @@ def _restore_like_easyedit(model, weights_copy):
 
 
 def test_register_into_dict_in_place():
-    alg_dict = {"DINM": object()}
+    from surgery_editor.methods import ALGORITHMS
+
+    theirs = object()
+    alg_dict = {"DINM": theirs}
     assert register(alg_dict) is alg_dict
-    assert alg_dict["ModelSurgery"] is apply_model_surgery_to_model and "DINM" in alg_dict
+    assert alg_dict["ModelSurgery"] is apply_model_surgery_to_model
+    assert alg_dict["DINM"] is theirs  # EasyEdit's own DINM is left alone
+    assert {"ProFS", "steer", "prompt"} <= set(alg_dict)
+    for name in ("ProFS", "steer", "prompt"):
+        assert alg_dict[name] is ALGORITHMS[name].apply
 
 
 @pytest.mark.parametrize("source", ["dataset", "request"])
@@ -62,7 +69,7 @@ def test_dataset_probe_computed_once_across_requests(tiny_llama, tiny_tok, hp_fa
 
 
 def test_request_direction_is_normalised_difference(tiny_llama, tiny_tok, hp_factory):
-    from surgery_editor.surgery import compute_patch
+    from surgery_editor.methods.model_surgery.surgery import compute_patch
 
     hp = hp_factory(probe_source="request", top_k=5, request_direction_norm=2.0)
     patch = compute_patch(tiny_llama, tiny_tok, hp, [REQUEST])
@@ -99,7 +106,7 @@ def test_without_easyeditor_import_warns_and_register_explains():
     assert out.returncode == 0, out.stderr
     assert "REGISTERED False" in out.stdout and "OK ModelSurgery" in out.stdout
     assert "ERROR easyeditor is not installed: install EasyEdit from its source" in out.stdout
-    assert "RuntimeWarning: ModelSurgery not registered with EasyEdit" in out.stderr  # seen without logging set up
+    assert "RuntimeWarning: ModelSurgery (and this project's other methods) not registered with EasyEdit" in out.stderr  # seen without logging set up
 
 
 def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
@@ -115,12 +122,15 @@ def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
         import surgery_editor.easyedit as ee
         from easyeditor.util.hparams import HyperParams
         from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
+        from surgery_editor.methods.profs import ProFSHyperParams
         hp = ModelSurgeryHyperParams.from_hparams("hparams/ModelSurgery/smollm2-135m")
+        profs = ProFSHyperParams.from_hparams("hparams/ProFS/smollm2-135m")
         print(ee.REGISTERED, held is alg_dict.ALG_DICT, held["ModelSurgery"] is apply_model_surgery_to_model,
-              sorted(held), isinstance(hp, HyperParams))
+              held["DINM"], "ProFS" in held and "steer" in held and "prompt" in held,
+              isinstance(hp, HyperParams), isinstance(profs, HyperParams))
     """, path=str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True", "True", "['DINM',", "'ModelSurgery']", "True"]
+    assert out.stdout.split() == ["True", "True", "True", "dinm", "True", "True", "True"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,5 +221,5 @@ def test_unimportable_easyeditor_warns_visibly_with_the_cause(tmp_path):
     """, path=_fake_stack(tmp_path, easyeditor_error="No module named 'zhipuai'"))
     assert out.returncode == 0, out.stderr
     assert "REGISTERED False" in out.stdout
-    assert "RuntimeWarning: ModelSurgery not registered with EasyEdit" in out.stderr  # no logging configured
+    assert "RuntimeWarning: ModelSurgery (and this project's other methods) not registered with EasyEdit" in out.stderr  # no logging configured
     assert "ImportError: No module named 'zhipuai'" in out.stdout and "install EasyEdit from its source" in out.stdout

@@ -8,7 +8,7 @@ import torch
 from surgery_editor import ModelSurgeryHyperParams, SurgeryPatch, load_model
 from surgery_editor.evaluation import generate, load_rtp_prompts
 from surgery_editor.models import embedded_model_dir
-from surgery_editor.surgery import compute_patch
+from surgery_editor.methods.model_surgery.surgery import compute_patch
 
 from conftest import DATA_DIR, REPO, assert_same_state, state_copy
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from surgery_editor import SurgeryPatch, apply_model_surgery_to_model
-from surgery_editor.surgery import build_patch, compute_patch
+from surgery_editor.methods.model_surgery.surgery import build_patch, compute_patch
 
 from conftest import assert_same_state, make_tiny, state_copy
 

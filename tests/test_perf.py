@@ -9,7 +9,7 @@ import pytest
 
 from conftest import DINM_REQUEST, make_tiny
 from benchmarks import perf
-from surgery_editor.dinm import DINMHyperParams
+from surgery_editor.methods.dinm.dinm import DINMHyperParams
 
 REQUESTS = [DINM_REQUEST] * 2
 PROMPTS = ["you are", "i hate you so", "the weather today is very", "a good friend", "they are dumb and"]

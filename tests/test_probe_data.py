@@ -6,7 +6,7 @@ import torch
 from surgery_editor import activations as acts
 from surgery_editor.data import load_probe_texts
 from surgery_editor.probe import train_probe
-from surgery_editor.surgery import compute_patch, train_behaviour_probe
+from surgery_editor.methods.model_surgery.surgery import compute_patch, train_behaviour_probe
 
 from conftest import DATA_DIR, make_tiny
 

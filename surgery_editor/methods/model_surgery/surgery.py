@@ -26,13 +26,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import architectures as arch
-from .activations import cached_pooled_hidden_states, ensure_pad_token, pooled_hidden_states
-from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
-from .data import load_probe_texts
+from ... import architectures as arch
+from ...activations import cached_pooled_hidden_states, ensure_pad_token, pooled_hidden_states
+from ...cache import TensorCache, config_hash, stable_hash, weights_fingerprint
+from ...data import load_probe_texts
 from .hparams import ModelSurgeryHyperParams
-from .patch import RowEdit, SurgeryPatch
-from .probe import LinearProbe, train_probe
+from ...patch import RowEdit, SurgeryPatch
+from ...probe import LinearProbe, train_probe
 
 logger = logging.getLogger(__name__)
 

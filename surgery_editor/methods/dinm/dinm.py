@@ -47,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import architectures as arch
-from .activations import ensure_pad_token, model_device
-from .hparams import _HyperParamsBase, _help
+from ... import architectures as arch
+from ...activations import ensure_pad_token, model_device
+from .._common import restore_weights
+from ...hparams import _HyperParamsBase, _help
 
 logger = logging.getLogger(__name__)
 
@@ -509,13 +510,6 @@ def _resolve_layers(model: nn.Module, layers: Sequence[int]) -> List[int]:
 # ---------------------------------------------------------------------------------------
 # Edit
 # ---------------------------------------------------------------------------------------
-def restore_weights(model: nn.Module, weights_copy: Mapping[str, torch.Tensor]) -> None:
-    """Copy each saved tensor back into the parameter of that name (bit-exact)."""
-    with torch.no_grad():
-        for name, value in weights_copy.items():
-            model.get_parameter(name).copy_(value)
-
-
 def _detach(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return out.detach()
@@ -697,7 +691,7 @@ def _load_easyedit_dinm() -> _EasyEditDINM:
     torchvision-op failure of CPU-only torch)."""
     import importlib
 
-    from .easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
+    from ...easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
 
     alg_dict = import_easyeditor_alg_dict()
     if "DINM" not in getattr(alg_dict, "ALG_DICT", {}):
@@ -749,6 +743,9 @@ def _easyedit_apply_fn(ee: _EasyEditDINM, locate: Callable[..., int]) -> Callabl
             if not hparams.layers:
                 hparams.layers = list(dict.fromkeys(locate(model, tok, r) for r in reqs))
         ensure_pad_token(tok)
+        info = kwargs.pop("info", None)
+        if isinstance(info, dict):
+            info["layers"] = list(hparams.layers)
         keep = return_orig_weights or keep_original_weight
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         try:
@@ -779,7 +776,7 @@ def dinm_backend(prefer: str = "auto") -> Tuple[Callable[..., Any], Callable[...
     if prefer not in ("auto", "ours", "surgery_editor", "easyeditor"):
         raise ValueError(f"prefer={prefer!r} is not valid; choose 'auto', 'ours' or 'easyeditor'")
     if prefer != "ours" and prefer != "surgery_editor":
-        from .easyedit_compat import EasyEditUnavailable
+        from ...easyedit_compat import EasyEditUnavailable
 
         try:
             ee = _load_easyedit_dinm()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The tuning screens behind the method defaults (README "Tuning and confirmation"), on the RTP
+# TUNING split only (benchmark.subset=tune: prompt toxicity >= 0.5, after the first 1,000 such
+# prompts, which are the confirmation split) plus the held-out-text perplexity (lm-eval's
+# offline_ppl, benchmark=general with no other task). Resumable: rerunning skips finished runs.
+#
+#   bash scripts/tune.sh smollm2-135m [steer|ProFS|...]    (OMP_NUM_THREADS=1 when sharing cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${1:-smollm2-135m}
+ONLY=${2:-}
+PY=${VENV:-.venv}/bin/python
+OUT=docs/results/tuning/$MODEL
+
+sweep() {  # sweep NAME method-and-hparams-overrides...
+  local name=$1; shift
+  if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then return; fi
+  "$PY" -m benchmarks.run -m model="$MODEL" benchmark=rtp benchmark.subset=tune "$@" \
+    hydra.sweep.dir="$OUT/$name/rtp" hydra.sweep.subdir='${hydra.job.num}'
+  "$PY" -m benchmarks.run -m model="$MODEL" benchmark=general 'benchmark.tasks=[]' "$@" \
+    hydra.sweep.dir="$OUT/$name/ppl" hydra.sweep.subdir='${hydra.job.num}'
+}
+
+case $MODEL in
+  smollm2-135m)
+    sweep none method=none
+    sweep steer method=steer,steer_random hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
+    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
+      hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
+    ;;
+  gemma3-270m)
+    sweep none method=none
+    sweep steer method=steer,steer_random hparams.layer=-1 hparams.scale=1,2,4,8
+    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
+      hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
+    ;;
+  *) echo "tune.sh: no screens defined for $MODEL" >&2; exit 2 ;;
+esac
