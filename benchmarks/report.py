@@ -10,9 +10,12 @@ and is skipped with a warning.
 Per run the table has the run's metadata and metrics from ``metrics.json``; from the per-item
 outcomes in ``results.jsonl`` it adds a 95% interval for each metric (Wilson for a rate of
 binary ``flags``, Student t for a mean of ``values``), and, against each reference method
-(default ``none`` and ``random``) run on the same model/benchmark/protocol/judge, the paired
-difference of means and its p-value (exact McNemar for flags, Wilcoxon signed-rank for
-values), items paired by ``key``. ``report.csv`` / ``report.md`` and PNG plots are written
+(default ``none`` and ``control``: each method's own control, e.g. ``random`` for ModelSurgery,
+``ProFS_random`` for ProFS, as its folder registers them) run on the same
+model/benchmark/protocol/judge, the paired difference of means and its p-value (exact McNemar
+for flags, Wilcoxon signed-rank for values), items paired by ``key``. Costs (edit seconds, the
+edit's peak memory) follow the metrics. Per model with both an RTP and a perplexity run per
+method, ``frontier_<model>.png`` plots toxic share against perplexity (marker size: edit cost). ``report.csv`` / ``report.md`` and PNG plots are written
 into ``--out`` (default ROOT); the Markdown is printed.
 """
 
@@ -40,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-DEFAULT_AGAINST = ("none", "random")
+DEFAULT_AGAINST = ("none", "control")
+CONTROL = "control"  # the reference "each method's own control" (see _controls)
 METADATA = ("label", "method", "model", "benchmark", "protocol", "judge", "n")
 TIMING = ("edit_seconds", "eval_seconds")
 REQUIRED = ("method", "model", "benchmark")
@@ -278,6 +282,7 @@ def compare(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) -> pd.
         return cache[i]
 
     against = list(against)
+    controls = _controls() if CONTROL in against else {}
     rows: Dict[Any, Dict[str, Any]] = {}
     for i, run in runs.iterrows():
         cols: Dict[str, Any] = {}
@@ -294,7 +299,11 @@ def compare(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) -> pd.
             if run["method"] == ref_method or (run["method"] in against and
                                                against.index(run["method"]) < against.index(ref_method)):
                 continue
-            j = pick_reference(runs, i, ref_method)
+            if ref_method == CONTROL:  # the run's method's own control(s), the first that ran
+                j = next((j for c in controls.get(run["method"], []) if (j := pick_reference(runs, i, c)) is not None),
+                         None)
+            else:
+                j = pick_reference(runs, i, ref_method)
             if j is None:
                 continue
             ref = items(j)
@@ -325,8 +334,16 @@ def compare(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) -> pd.
 
 
 def _is_timing(col: str) -> bool:
-    """``edit_seconds``, ``edit_seconds_per_instance``, ...: timings, listed after the metrics."""
-    return re.search(r"(^|_)seconds(_|$)", col) is not None
+    """``edit_seconds``, ``edit_seconds_per_instance``, ``edit_peak_rss_mb``, ...: costs (time,
+    memory), listed after the metrics."""
+    return re.search(r"(^|_)seconds(_|$)", col) is not None or col.endswith("_rss_mb")
+
+
+def _controls() -> Dict[str, List[str]]:
+    """Method name -> the names of its registered controls (``{"ModelSurgery": ["random"], ...}``)."""
+    from surgery_editor.methods import load_methods
+
+    return {name: list(algo.controls) for name, algo in load_methods().items()}
 
 
 def _is_number(v: Any) -> bool:
@@ -425,7 +442,9 @@ def to_markdown(table: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST, t
              "Student t for a mean of per-item values). Paired tables: run minus reference on items paired "
              "by key, with the exact McNemar (binary) or Wilcoxon signed-rank (continuous) p-value.", "",
              "## Side by side", "",
-             "Headline metrics; in brackets the paired difference from the unedited model (`none`) and its p-value.",
+             "Headline metrics; in parentheses the paired difference from the unedited model (`none`) and its "
+             "p-value, in square brackets the same against the method's own control (same size, random direction); "
+             "edit cost: seconds and the process's peak RSS during the edit (RTP/ToxiGen/general runs).",
              "", _md(side_by_side(table)), ""]
     for benchmark, sub in table.groupby("benchmark", sort=False):
         parts += [f"## {benchmark}", ""]
@@ -448,6 +467,8 @@ def to_markdown(table: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST, t
                 cells.append(cell)
             main[m] = cells
         main["edit s"] = sub["edit_seconds"].map(lambda v: _fmt(v, 1))
+        if "edit_peak_rss_mb" in sub.columns and sub["edit_peak_rss_mb"].notna().any():
+            main["edit peak MB"] = sub["edit_peak_rss_mb"].map(lambda v: _fmt(v, 0) if _is_number(v) else "")
         main["eval s"] = sub["eval_seconds"].map(lambda v: _fmt(v, 1))
         if sub["dinm_backend"].notna().any():
             main["dinm_backend"] = sub["dinm_backend"].map(_fmt)
@@ -572,6 +593,66 @@ def _bar_plot(sub: pd.DataFrame, benchmark: str, metrics: List[str], out: Path, 
     return _save(fig, out / name)
 
 
+def _largest(col: Optional[pd.Series]) -> float:
+    values = [float(v) for v in (col if col is not None else []) if _is_number(v) and not _missing(v)]
+    return max(values) if values else math.nan
+
+
+def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One row per method label of ``model`` that has an RTP run with ``toxic_rate`` and a run with
+    ``perplexity`` (benchmark ``general``): toxic share and its interval, perplexity, pooled
+    multiple-choice accuracy where measured, and the edit's cost (seconds, peak MB; the largest
+    over the label's runs)."""
+    sub = table[table["model"] == model]
+    rows = []
+    for label, runs in sub.groupby("label", sort=False):
+        tox = runs[(runs["benchmark"] == "rtp") & runs.get("toxic_rate", pd.Series(np.nan, index=runs.index)).notna()]
+        ppl = runs[runs.get("perplexity", pd.Series(np.nan, index=runs.index)).notna()]
+        if tox.empty or ppl.empty:
+            continue
+        t, g = tox.iloc[0], ppl.iloc[0]
+        rows.append({"label": label, "method": t["method"], "toxic_rate": float(t["toxic_rate"]),
+                     "toxic_rate_ci_low": t.get("toxic_rate_ci_low"), "toxic_rate_ci_high": t.get("toxic_rate_ci_high"),
+                     "perplexity": float(g["perplexity"]),
+                     "mc_acc": float(g["mc_acc"]) if _is_number(g.get("mc_acc")) and not _missing(g.get("mc_acc")) else np.nan,
+                     "edit_seconds": _largest(runs.get("edit_seconds")),
+                     "edit_peak_rss_mb": _largest(runs.get("edit_peak_rss_mb"))})
+    return pd.DataFrame(rows)
+
+
+def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]:
+    """``frontier_<model>.png``: toxic share (95% CI) against perplexity, and against pooled
+    multiple-choice accuracy where measured; one point per method label, marker area growing with
+    the edit's cost in seconds; the unedited model's values as dashed lines."""
+    pts = frontier_points(table, model)
+    if len(pts) < 2:
+        return None
+    panels = [("perplexity", "word perplexity, held-out text")]
+    if pts["mc_acc"].notna().sum() >= 2:
+        panels.append(("mc_acc", "pooled multiple-choice accuracy"))
+    fig = _figure(6.5 * len(panels), 5.0)
+    size = 30 + 40 * np.log10(1 + pts["edit_seconds"].fillna(0).to_numpy())
+    yerr = _yerr(pts, "toxic_rate")
+    none = pts[pts["method"] == "none"]
+    for k, (x, xlabel) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ok = pts[x].notna().to_numpy()
+        ax.errorbar(pts[x][ok], pts["toxic_rate"][ok], yerr=yerr[:, ok], fmt="none", ecolor="grey", alpha=0.6)
+        ax.scatter(pts[x][ok], pts["toxic_rate"][ok], s=size[ok], alpha=0.8)
+        for _, r in pts[ok].iterrows():
+            ax.annotate(str(r["label"]), (r[x], r["toxic_rate"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if not none.empty:
+            ax.axhline(float(none["toxic_rate"].iloc[0]), ls="--", lw=0.8, color="k")
+            if _is_number(none[x].iloc[0]) and not _missing(none[x].iloc[0]):
+                ax.axvline(float(none[x].iloc[0]), ls="--", lw=0.8, color="k")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("RTP toxic share (greedy)")
+        if x == "perplexity":
+            ax.set_xscale("log")
+    fig.suptitle(f"{model}: toxicity against capability (marker size: edit seconds)")
+    return _save(fig, out / f"frontier_{_safe_name(model)}.png")
+
+
 def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
     """PNGs into ``out`` where the data exists: per benchmark ``<metric>_vs_alpha_<benchmark>.png``
     (toxic_rate, or DS without it, when a series of runs varies ``hp.alpha``; the ``none`` run as a
@@ -593,6 +674,10 @@ def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
         if "toxic_rate" in sub.columns and sub["toxic_rate"].notna().any():
             rows = sub[sub["toxic_rate"].notna()]
             files.append(_bar_plot(rows, str(benchmark), ["toxic_rate"], out, f"toxic_rate_{_safe_name(benchmark)}.png"))
+    for model in table["model"].dropna().unique():
+        path = _frontier_plot(table, str(model), out)
+        if path is not None:
+            files.append(path)
     return files
 
 
@@ -630,8 +715,20 @@ def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 diff, p = r.get(f"{metric}_diff_vs_{reference}"), r.get(f"{metric}_p_vs_{reference}")
                 if not (_missing(diff) or _missing(p)):
                     cell += f" ({float(diff):+.{d}f}, p={_fmt_p(p)})"
+                cdiff, cp = r.get(f"{metric}_diff_vs_{CONTROL}"), r.get(f"{metric}_p_vs_{CONTROL}")
+                if not (_missing(cdiff) or _missing(cp)):
+                    cell += f" [vs control {float(cdiff):+.{d}f}, p={_fmt_p(cp)}]"
                 rows[key][column] = cell
-    frame = pd.DataFrame([rows[k] for k in order]).fillna("")
+                for cost, col in (("edit s", "edit_seconds"), ("edit peak MB", "edit_peak_rss_mb")):
+                    v = r.get(col)
+                    if _is_number(v) and not _missing(v) and benchmark != "safeedit":  # safeedit: per-instance sums
+                        rows[key][cost] = max(rows[key].get(cost, 0.0), float(v))
+    frame = pd.DataFrame([rows[k] for k in order])
+    for cost, decimals in (("edit s", 1), ("edit peak MB", 0)):
+        if cost in frame.columns:
+            frame[cost] = frame[cost].map(lambda v, d=decimals: _fmt(v, d) if _is_number(v) else "")
+            frame = frame[[c for c in frame.columns if c != cost] + [cost]]
+    frame = frame.fillna("")
     if len(frame) and frame["model"].nunique() == 1:
         frame = frame.drop(columns="model")
     return frame

@@ -138,14 +138,14 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
                "toxic_rate", "mean_toxicity", "extra_acc"]
     assert cols[7:18] == metrics
     assert "expected_max_toxicity" not in cols and "toxicity_probability" not in cols  # no run has them
-    for c in ("toxic_rate_ci_low", "DS_ci_high", "toxic_rate_p_vs_none", "toxic_rate_p_vs_random",
+    for c in ("toxic_rate_ci_low", "DS_ci_high", "toxic_rate_p_vs_none", "toxic_rate_p_vs_control",
               "DS_p_vs_none", "DG_avg_diff_vs_none", "mean_toxicity_p_vs_none", "n_vs_none"):
         assert c in cols, c
-    assert "DS_p_vs_random" not in cols  # no SafeEdit random run
-    assert cols.index("edit_seconds") > cols.index("n_vs_random")
+    assert "DS_p_vs_control" not in cols  # no SafeEdit random run
+    assert cols.index("edit_seconds") > cols.index("n_vs_control")
     assert cols[cols.index("edit_seconds"):cols.index("edit_seconds") + 4] == [
         "edit_seconds", "eval_seconds", "edit_seconds_per_instance", "dinm_backend"]
-    assert cols[-6:] == ["hp.alpha", "hp.layers", "hp.top_k", "ref_none_run", "ref_random_run", "run_dir"]
+    assert cols[-6:] == ["hp.alpha", "hp.layers", "hp.top_k", "ref_none_run", "ref_control_run", "run_dir"]
     assert "hparams_file" not in cols  # free-text extras stay in collect()'s frame only
 
     a1 = _row(table, "ModelSurgery alpha=1.0")
@@ -154,7 +154,7 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
     assert a1["toxic_rate_p_vs_none"] == pytest.approx(binomtest(1, 9, 0.5).pvalue)
     assert a1["toxic_rate_p_vs_none"] == pytest.approx(20 / 512)
     assert a1["toxic_rate_diff_vs_none"] == pytest.approx(0.15 - 0.5)
-    assert a1["toxic_rate_p_vs_random"] == pytest.approx(binomtest(1, 8, 0.5).pvalue)
+    assert a1["toxic_rate_p_vs_control"] == pytest.approx(binomtest(1, 8, 0.5).pvalue)
     assert (a1["toxic_rate_ci_low"], a1["toxic_rate_ci_high"]) == (pytest.approx(0.05237, abs=1e-4),
                                                                     pytest.approx(0.36042, abs=1e-4))
     assert a1["ref_none_run"] == str(root / "rtp_none")  # same n, not the first (n=5) unedited run
@@ -169,9 +169,9 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
 
     # references: random is tested against none, none against neither (random vs none would repeat it)
     none = table[table["run_dir"] == str(root / "rtp_none")].iloc[0]
-    assert pd.isna(none["toxic_rate_p_vs_none"]) and pd.isna(none["toxic_rate_p_vs_random"])
+    assert pd.isna(none["toxic_rate_p_vs_none"]) and pd.isna(none["toxic_rate_p_vs_control"])
     rnd = _row(table, "random")
-    assert rnd["toxic_rate_p_vs_none"] == 1.0 and pd.isna(rnd["toxic_rate_p_vs_random"])  # 1 discordant item
+    assert rnd["toxic_rate_p_vs_none"] == 1.0 and pd.isna(rnd["toxic_rate_p_vs_control"])  # 1 discordant item
 
     # SafeEdit: percent units for DS/DG, Wilson on 9/10 safe, McNemar 0 vs 5 discordant
     se = _row(table, "ModelSurgery", "safeedit")
@@ -270,9 +270,33 @@ def test_side_by_side_uses_headline_metrics_and_paired_differences(root):
         (d / "metrics.json").write_text(json.dumps({**m, "headline": ["DS", "DG_avg"]}))
     table = report.summary_table(report.collect(root))
     wide = report.side_by_side(table).set_index("label")
-    assert list(wide.columns) == ["rtp toxic_rate (n=20/5)", "safeedit DS (n=10)", "safeedit DG_avg (n=10)"]
+    assert list(wide.columns) == ["rtp toxic_rate (n=20/5)", "safeedit DS (n=10)", "safeedit DG_avg (n=10)", "edit s"]
     p = binomtest(0, 5, 0.5).pvalue  # SafeEdit DS: 5 items safe only after the edit
     assert wide.loc["ModelSurgery", "safeedit DS (n=10)"] == f"90.0 (+50.0, p={report._fmt_p(p)})"
     assert wide.loc["none", "safeedit DS (n=10)"] == "40.0"
-    assert wide.loc["ModelSurgery alpha=1.0", "rtp toxic_rate (n=20/5)"].startswith("0.150 (-0.350, p=")
+    cell = wide.loc["ModelSurgery alpha=1.0", "rtp toxic_rate (n=20/5)"]
+    # random control: 9 of 20 toxic; 7 items toxic only under it, 1 only under the edit
+    assert cell.startswith("0.150 (-0.350, p=") and f"[vs control -0.300, p={report._fmt_p(binomtest(1, 8, 0.5).pvalue)}]" in cell
     assert "## Side by side" in report.to_markdown(table)
+
+
+def test_frontier_joins_rtp_and_perplexity_runs_by_label(tmp_path):
+    def run(name, method, bench, metrics, label=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"method": method, "label": label or method, "model": "m",
+                                                    "benchmark": bench, "protocol": "greedy", "judge": "j", "n": 4,
+                                                    "edit_seconds": 2.0, "eval_seconds": 1.0, **metrics}))
+
+    run("a", "none", "rtp", {"toxic_rate": 0.5})
+    run("b", "none", "general", {"perplexity": 20.0, "mc_acc": 0.4})
+    run("c", "steer", "rtp", {"toxic_rate": 0.25, "edit_peak_rss_mb": 900.0})
+    run("d", "steer", "general", {"perplexity": 30.0, "edit_peak_rss_mb": 950.0})
+    run("e", "ProFS", "rtp", {"toxic_rate": 0.1})  # no perplexity run: not a point
+    table = report.summary_table(report.collect(tmp_path))
+    pts = report.frontier_points(table, "m").set_index("label")
+    assert sorted(pts.index) == ["none", "steer"]
+    assert pts.loc["steer", "toxic_rate"] == 0.25 and pts.loc["steer", "perplexity"] == 30.0
+    assert pts.loc["steer", "edit_peak_rss_mb"] == 950.0 and pts.loc["none", "mc_acc"] == 0.4
+    files = report.plot_report(table, tmp_path)
+    assert tmp_path / "frontier_m.png" in files and (tmp_path / "frontier_m.png").stat().st_size > 1000
