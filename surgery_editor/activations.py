@@ -9,7 +9,7 @@ tokenizer and the texts themselves.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +38,39 @@ def _decoder(model: nn.Module) -> nn.Module:
     return base if isinstance(base, nn.Module) else model
 
 
+def _right_padded_batches(tok, texts: Sequence[str], max_length: int, batch_size: int, device, desc: str,
+                          show_progress: bool) -> Iterator[Tuple[List[int], dict, torch.Tensor]]:
+    """``(indices, encoding, attention mask)`` per batch, texts sorted longest first (little
+    padding), padded on the right (real tokens keep positions 0..n-1 whatever the batch).
+    A text with no tokens is an error naming it."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    side = tok.padding_side
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, leave=False):
+        idx = order[start : start + batch_size]
+        tok.padding_side = "right"
+        try:
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                      max_length=max_length)
+        finally:
+            tok.padding_side = side
+        mask = enc["attention_mask"].to(device)
+        empty = [i for i, n in zip(idx, mask.sum(dim=1).tolist()) if n == 0]
+        if empty:
+            shown = ", ".join(f"{i}: {texts[i]!r}" for i in empty[:5])
+            raise ValueError(f"{len(empty)} probe text(s) have no tokens (all padding), e.g. {shown}; "
+                             "drop empty texts from the probe data")
+        yield idx, enc, mask
+
+
+def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Mean over real tokens of ``h`` (``rms_mean``: of ``h / rms(h)``), float32."""
+    h = h.float()
+    if pooling == "rms_mean":
+        h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + 1e-6)
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
 @torch.inference_mode()
 def pooled_hidden_states(
     model: nn.Module,
@@ -62,41 +95,18 @@ def pooled_hidden_states(
     ensure_pad_token(tok)
     device = model_device(model)
     decoder = _decoder(model)
-    lengths = [len(t) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-    out: List[Optional[torch.Tensor]] = [None] * len(texts)
-    empty: List[int] = []
-    batches = range(0, len(order), batch_size)
-    side = tok.padding_side
-    for start in tqdm(batches, desc="probe activations", disable=not show_progress, leave=False):
-        idx = order[start : start + batch_size]
-        tok.padding_side = "right"  # real tokens keep positions 0..n-1 whatever the batch
-        try:
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)
-        finally:
-            tok.padding_side = side
-        mask = enc["attention_mask"].to(device)
-        n_tokens = mask.sum(dim=1)
-        empty += [i for i, n in zip(idx, n_tokens.tolist()) if n == 0]
+    out = torch.empty(len(texts), _hidden(model))
+    for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "probe activations",
+                                                show_progress):
         hidden = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask,
                          output_hidden_states=True, use_cache=False).hidden_states
         try:
-            h = hidden[layer].float()
+            h = hidden[layer]
         except IndexError:
             raise ValueError(f"probe_layer={layer} is out of range: the model returns {len(hidden)} hidden states "
                              f"(valid: -{len(hidden)}..{len(hidden) - 1})") from None
-        if pooling == "rms_mean":
-            h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + 1e-6)
-        m = mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(dim=1) / n_tokens.clamp(min=1).unsqueeze(-1).to(h.dtype)
-        for j, i in enumerate(idx):
-            out[i] = pooled[j].cpu()
-    if empty:
-        shown = ", ".join(f"{i}: {texts[i]!r}" for i in empty[:5])
-        raise ValueError(f"{len(empty)} probe text(s) have no tokens (all padding), e.g. {shown}; "
-                         "drop empty texts from the probe data")
-    return torch.stack(out)  # type: ignore[arg-type]
+        out[idx] = _pool(h, mask, pooling).cpu()
+    return out
 
 
 def activation_key(model: nn.Module, tok, layer: int, pooling: str, max_length: int, data_hash: str,
@@ -154,33 +164,16 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
         return fn
 
     handles = [layer_module(model, spec, i).register_forward_hook(hook(i)) for i in layers if i >= 0]
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = {i: torch.empty(len(texts), _hidden(model)) for i in layers}
-    side = tok.padding_side
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="block outputs", disable=not show_progress,
-                          leave=False):
-            idx = order[start : start + batch_size]
-            tok.padding_side = "right"
-            try:
-                enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length)
-            finally:
-                tok.padding_side = side
-            mask = enc["attention_mask"].to(device)
-            if (mask.sum(dim=1) == 0).any():
-                bad = [texts[i] for i, n in zip(idx, mask.sum(dim=1).tolist()) if n == 0]
-                raise ValueError(f"text(s) with no tokens: {bad[:3]!r}; drop empty texts")
+        for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "block outputs",
+                                                    show_progress):
             res = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, use_cache=False,
                           output_hidden_states=-1 in layers)
             if -1 in layers:
                 captured[-1] = res.hidden_states[0]
-            m = mask.unsqueeze(-1).float()
             for i in layers:
-                h = captured[i].float()
-                if pooling == "rms_mean":
-                    h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + 1e-6)
-                out[i][idx] = ((h * m).sum(dim=1) / m.sum(dim=1)).cpu()
+                out[i][idx] = _pool(captured[i], mask, pooling).cpu()
     finally:
         for handle in handles:
             handle.remove()
