@@ -25,7 +25,7 @@ case $MODEL in
   smollm2-135m)
     sweep none method=none
     sweep steer method=steer,steer_random hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
-    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
+    sweep ProFS method=ProFS 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     ;;
   gemma3-270m)

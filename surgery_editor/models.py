@@ -128,6 +128,9 @@ def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, in
     if isinstance(model_name, tuple):
         model, tok = model_name
     else:
+        from .easyedit_compat import prepare_torchvision
+
+        prepare_torchvision()  # a CPU torch beside PyPI's CUDA torchvision: transformers' models import it
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = str(model_name)

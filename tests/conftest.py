@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from surgery_editor.easyedit_compat import prepare_torchvision
+
+# In the EasyEdit environment (PyPI's CUDA torchvision beside the CPU torch) transformers' model
+# classes import torchvision; make it importable before any test builds a model (no-op elsewhere).
+prepare_torchvision()
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SURGERY_EDITOR_DATA_DIR", REPO.parent / "shared" / "data"))
 

@@ -141,3 +141,40 @@ def test_harness_runs_easyedits_dinm_backend(easyeditor, tiny_model_dir, tmp_pat
     assert metrics["dinm_backend"] == "easyeditor" and metrics["n"] == 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and isinstance(rows[0]["edited_layers"], list)
+
+
+@pytest.mark.parametrize("alg", ["ProFS", "steer", "prompt"])
+def test_safety_editor_runs_the_other_methods(easyeditor, alg, tiny_model_dir, probe_tsv, tmp_path, monkeypatch):
+    """The plugin call registers every method: SafetyEditor finds each by alg_name, edits, and
+    its restore loop gives back a model with the original outputs (steering leaves a zero bias
+    behind, whose outputs are bit-identical)."""
+    import surgery_editor.easyedit as plugin
+    from easyeditor import SafetyEditor
+
+    from surgery_editor.methods import get_algorithm
+    from surgery_editor.models import load_model
+
+    plugin.register()
+    monkeypatch.chdir(tmp_path)
+    pairs = {"path": str(probe_tsv), "positive_column": "toxic", "negative_column": "neutral1"}
+    extra = {"ProFS": dict(pairs=pairs, layers=[0, 1], rank=2, cache_dir=str(tmp_path / "c")),
+             "steer": dict(pairs=pairs, layer=0, scale=2.0, cache_dir=str(tmp_path / "c")),
+             "prompt": dict(system_prompt="Be kind.", reminder=" Remember.")}[alg]
+    model, tok = load_model(tiny_model_dir)
+    hp = get_algorithm(alg).hparams_cls(alg_name=alg, model_name=(model, tok), device="cpu", max_length=64,
+                                        max_output_length=3, **extra)
+    ids = torch.randint(3, len(tok), (1, 5))
+    with torch.no_grad():
+        before = model(ids).logits
+    editor = SafetyEditor.from_hparams(hp)
+    metrics, edited, weights_copy = editor.edit(
+        editing_method=alg, prompts=[REQUEST["prompt"]], prompts_with_systemPrompt=None,
+        target_new=[REQUEST["target_new"]], ground_truth=[REQUEST["ground_truth"]],
+        general_prompt=[REQUEST["general_prompt"]], keep_original_weight=True, case_id=0)
+    assert set(metrics[0]["post"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"}
+    with torch.no_grad():
+        assert torch.equal(edited(ids).logits, before)
+    if alg == "prompt":
+        assert weights_copy == {} and metrics[0]["requested_rewrite"]["prompt"].startswith("Be kind.")
+    else:
+        assert weights_copy
