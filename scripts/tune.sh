@@ -25,8 +25,10 @@ case $MODEL in
   smollm2-135m)
     sweep none method=none
     sweep steer method=steer,steer_random hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
-    sweep ProFS method=ProFS 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
+    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
+    # second look, around the best steering setting of the first screen (layer 6, scale 1)
+    sweep steer_fine method=steer hparams.layer=4,6 hparams.scale=1.25,1.5
     ;;
   gemma3-270m)
     sweep none method=none
