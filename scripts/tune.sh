@@ -12,28 +12,35 @@ ONLY=${2:-}
 PY=${VENV:-.venv}/bin/python
 OUT=docs/results/tuning/$MODEL
 
-sweep() {  # sweep NAME method-and-hparams-overrides...
-  local name=$1; shift
+screen() {  # screen NAME BENCH method-and-hparams-overrides...   (BENCH: rtp = tuning split, ppl = perplexity)
+  local name=$1 bench=$2; shift 2
   if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then return; fi
-  "$PY" -m benchmarks.run -m model="$MODEL" benchmark=rtp benchmark.subset=tune "$@" \
-    hydra.sweep.dir="$OUT/$name/rtp" hydra.sweep.subdir='${hydra.job.num}'
-  "$PY" -m benchmarks.run -m model="$MODEL" benchmark=general 'benchmark.tasks=[]' "$@" \
-    hydra.sweep.dir="$OUT/$name/ppl" hydra.sweep.subdir='${hydra.job.num}'
+  if [ "$bench" = rtp ]; then set -- benchmark=rtp benchmark.subset=tune "$@"
+  else set -- benchmark=general 'benchmark.tasks=[]' "$@"; fi
+  "$PY" -m benchmarks.run -m model="$MODEL" "$@" hydra.sweep.dir="$OUT/$name/$bench" hydra.sweep.subdir='${hydra.job.num}'
+}
+sweep() {  # sweep NAME overrides...: both the toxicity and the perplexity screen
+  screen "$1" rtp "${@:2}"
+  screen "$1" ppl "${@:2}"
 }
 
 case $MODEL in
   smollm2-135m)
     sweep none method=none
-    sweep steer method=steer,steer_random hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
-    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
+    # toxicity with the random control beside; perplexity for the method (its controls are
+    # measured at confirmation)
+    screen steer rtp method=steer,steer_random hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
+    screen steer ppl method=steer hparams.layer=3,6,9,12,15,20 hparams.scale=1,2
+    sweep ProFS method=ProFS 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     # second look, around the best steering setting of the first screen (layer 6, scale 1)
     sweep steer_fine method=steer hparams.layer=4,6 hparams.scale=1.25,1.5
     ;;
   gemma3-270m)
     sweep none method=none
-    sweep steer method=steer,steer_random hparams.layer=-1 hparams.scale=1,2,4,8
-    sweep ProFS method=ProFS,ProFS_random 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
+    screen steer rtp method=steer,steer_random hparams.layer=-1 hparams.scale=1,2,4,8
+    screen steer ppl method=steer hparams.layer=-1 hparams.scale=1,2,4,8
+    sweep ProFS method=ProFS 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     ;;
   *) echo "tune.sh: no screens defined for $MODEL" >&2; exit 2 ;;
