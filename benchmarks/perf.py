@@ -36,7 +36,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -45,6 +44,7 @@ import pandas as pd
 import torch
 
 from benchmarks.store import atomic_write_text
+from surgery_editor.resources import PeakRSS  # noqa: F401  (also the name tests patch)
 
 logger = logging.getLogger(__name__)
 
@@ -67,37 +67,6 @@ GEN_COLUMNS = ["model", "device", "prompts", "max_new_tokens", "new_tokens", "ba
 # ---------------------------------------------------------------------------------------
 # Measuring one step
 # ---------------------------------------------------------------------------------------
-class PeakRSS:
-    """Context manager sampling this process's RSS every ``interval`` seconds in a thread."""
-
-    def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self._proc = psutil.Process()
-        self.interval = interval
-        self.start_mb = self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _rss(self) -> float:
-        return self._proc.memory_info().rss / 2**20
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_mb = max(self.peak_mb, self._rss())
-
-    def __enter__(self) -> "PeakRSS":
-        self.start_mb = self.peak_mb = self._rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._rss())
-
-
 def measure(fn: Callable[[], Any], device: Optional[torch.device] = None) -> Tuple[Any, Dict[str, float]]:
     """Run ``fn()``; return its result and ``{seconds, peak_rss_mb, rss_delta_mb, cuda_peak_mb}``."""
     cuda = device is not None and torch.device(device).type == "cuda"

@@ -148,7 +148,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
 def _timed_edit(method, model, tok, requests):
     """``(handle, seconds, memory)`` of one edit: wall time and the process's peak RSS during
     it (``edit_peak_rss_mb``) and its rise over the RSS before it (``edit_rss_delta_mb``)."""
-    from .perf import PeakRSS
+    from surgery_editor.resources import PeakRSS
 
     with PeakRSS() as mem:
         start = time.perf_counter()

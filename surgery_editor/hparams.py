@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import numbers
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import yaml
