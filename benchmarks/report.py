@@ -638,7 +638,9 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
         ax = fig.add_subplot(1, len(panels), k + 1)
         ok = pts[x].notna().to_numpy()
         ax.errorbar(pts[x][ok], pts["toxic_rate"][ok], yerr=yerr[:, ok], fmt="none", ecolor="grey", alpha=0.6)
-        ax.scatter(pts[x][ok], pts["toxic_rate"][ok], s=size[ok], alpha=0.8)
+        methods = list(dict.fromkeys(pts["method"]))
+        colors = [f"C{methods.index(m) % 10}" for m in pts["method"][ok]]
+        ax.scatter(pts[x][ok], pts["toxic_rate"][ok], s=size[ok], alpha=0.8, c=colors)
         for _, r in pts[ok].iterrows():
             ax.annotate(str(r["label"]), (r[x], r["toxic_rate"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         if not none.empty:
