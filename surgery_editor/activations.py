@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .architectures import hidden_size
 from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def pooled_hidden_states(
     ensure_pad_token(tok)
     device = model_device(model)
     decoder = _decoder(model)
-    out = torch.empty(len(texts), _hidden(model))
+    out = torch.empty(len(texts), hidden_size(model))
     for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "probe activations",
                                                 show_progress):
         hidden = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask,
@@ -164,7 +165,7 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
         return fn
 
     handles = [layer_module(model, spec, i).register_forward_hook(hook(i)) for i in layers if i >= 0]
-    out = {i: torch.empty(len(texts), _hidden(model)) for i in layers}
+    out = {i: torch.empty(len(texts), hidden_size(model)) for i in layers}
     try:
         for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "block outputs",
                                                     show_progress):
@@ -178,11 +179,6 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
         for handle in handles:
             handle.remove()
     return out
-
-
-def _hidden(model: nn.Module) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
 
 
 def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str, layers: Sequence[int], *,

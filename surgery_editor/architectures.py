@@ -106,13 +106,23 @@ def _get_module(model: nn.Module, path: str) -> Optional[nn.Module]:
         return None
 
 
-def num_layers(model: nn.Module) -> int:
+def _config_int(model: nn.Module, *names: str) -> int:
+    """The first of ``names`` the model's config (a multimodal config's text part) has."""
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "text_config", None) or cfg
-    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    if n is None:
-        raise ValueError("model config has neither num_hidden_layers nor n_layer")
-    return int(n)
+    for name in names:
+        if getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    raise ValueError(f"model config has none of {list(names)}")
+
+
+def num_layers(model: nn.Module) -> int:
+    return _config_int(model, "num_hidden_layers", "n_layer")
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The residual-stream width (``hidden_size``, GPT-2's ``n_embd``; a multimodal config's text part)."""
+    return _config_int(model, "hidden_size", "n_embd")
 
 
 def _has_weight(model: nn.Module, path: str) -> bool:

@@ -79,13 +79,21 @@ class ProbeDataConfig:
 
     @classmethod
     def from_dict(cls, config: Dict[str, Any]) -> "ProbeDataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"probe_data: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        if "path" not in config:
-            raise ValueError("probe_data needs `path` (a csv/tsv/jsonl/json file or a hub data-set id)")
-        return cls(**config)
+        return checked_data_config(cls, config, "probe_data")
+
+
+def checked_data_config(cls: type, config: Any, what: str):
+    """``cls(**config)`` for a data-set config dataclass, after refusing a non-mapping, unknown
+    keys (naming the valid ones) and a missing ``path``; ``what`` names the config in errors."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{what} must be a mapping (a data-set config), got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    if "path" not in config:
+        raise ValueError(f"{what} needs `path` (a csv/tsv/jsonl/json file or a hub data-set id)")
+    return cls(**config)
 
 
 @dataclass

@@ -1,5 +1,4 @@
-"""Pieces every method folder shares: the ``weights_copy`` bookkeeping of the EasyEdit
-contract (and, re-exported, EasyEdit's common hparams keys)."""
+"""Pieces every method folder shares: the ``weights_copy`` bookkeeping of the EasyEdit contract."""
 
 from __future__ import annotations
 
@@ -8,8 +7,6 @@ from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 from torch import nn
-
-from ..hparams import EasyEditKeys  # noqa: F401  (re-exported for method folders)
 
 
 def originals(model: nn.Module, names: Iterable[str]) -> Dict[str, torch.Tensor]:

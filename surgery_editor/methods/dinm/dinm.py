@@ -431,15 +431,6 @@ def locate_toxic_layer(model: nn.Module, tok, request: Mapping[str, Any], measur
 # ---------------------------------------------------------------------------------------
 # Module templates
 # ---------------------------------------------------------------------------------------
-def _hidden_size(model: nn.Module) -> int:
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "text_config", None) or cfg
-    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    if d is None:
-        raise ValueError("model config has neither hidden_size nor n_embd")
-    return int(d)
-
-
 def default_module_templates(model: nn.Module) -> Dict[str, Optional[str]]:
     """EasyEdit's DINM module templates for ``model``, derived from its
     :class:`~surgery_editor.architectures.ArchSpec`: the MLP is the gate projection's parent,
@@ -448,7 +439,7 @@ def default_module_templates(model: nn.Module) -> Dict[str, Optional[str]]:
     spec = arch.resolve_spec(model)
     mlp_tmp = spec.gate_module_tmp.rsplit(".", 1)[0]
     layer_tmp = spec.layers_module + ".{}"
-    d = _hidden_size(model)
+    d = arch.hidden_size(model)
     mlp = model.get_submodule(mlp_tmp.format(0))
     found = []
     for name, child in mlp.named_children():

@@ -53,7 +53,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ...data import _label_key, _require_columns, load_table
+from ...data import _label_key, _require_columns, checked_data_config, load_table
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +111,7 @@ class PairDataConfig:
 
     @classmethod
     def from_dict(cls, config: Dict[str, Any]) -> "PairDataConfig":
-        if not isinstance(config, dict):
-            raise ValueError(f"pairs must be a mapping (a data-set config), got {type(config).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"pairs: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        if "path" not in config:
-            raise ValueError("pairs needs `path` (a csv/tsv/jsonl/json file or a hub data-set id)")
-        return cls(**config)
+        return checked_data_config(cls, config, "pairs")
 
 
 def _text(value: Any) -> Optional[str]:

@@ -40,8 +40,8 @@ from torch import nn
 from ... import architectures as arch
 from ...hparams import _help
 from .. import Algorithm, register_algorithm
-from .._common import EasyEditKeys, as_requests, keep_weights, originals, start_edit
-from .._pairs import PAIRS_HELP, check_pairs_config, pair_states
+from .._common import keep_weights, originals, start_edit
+from .._pairs import PairMethodKeys
 
 logger = logging.getLogger(__name__)
 
@@ -49,37 +49,23 @@ ALG_NAME = "ProFS"
 
 
 @dataclass
-class ProFSHyperParams(EasyEditKeys):
+class ProFSHyperParams(PairMethodKeys):
     ALG_NAME: ClassVar[str] = ALG_NAME
 
-    pairs: Dict[str, Any] = _help(PAIRS_HELP, {"path": "paradetox/paradetox.tsv", "positive_column": "toxic",
-                                               "negative_column": "neutral1", "limit": 500})
-    data_dir: Optional[str] = _help("root for relative data paths (default: $SURGERY_EDITOR_DATA_DIR, else ../shared/data)",
-                                    None)
     layers: List[int] = _help("blocks whose MLP output matrix is projected (paper, GPT-2 medium: 10..23 of 24)",
                               [])
     rank: int = _help("dimension k of the toxic subspace per layer (paper: 2 for GPT-2, 10 for 7B models)", 2)
     centering: bool = _help("remove the top singular vector of the non-toxic embeddings first (paper: true)", True)
     strength: float = _help("s in W <- (I - s U U^T) W; 1 = ProFS's projection", 1.0)
-    pooling: str = _help("'mean' over real tokens, or 'rms_mean' (each token state scaled to unit RMS first)", "mean")
     subspace: str = _help("'toxic' (the method) or 'random' (control: same rank, seeded random directions)", "toxic")
-    embed_max_length: int = _help("pair texts are truncated to this many tokens (paper: 128)", 128)
-    activation_batch_size: int = _help("texts per forward pass", 32)
-    seed: int = _help("seed of the random control's subspace", 0)
-    cache_dir: Optional[str] = _help("activation cache (default: $SURGERY_EDITOR_CACHE or ~/.cache/surgery_editor)",
-                                     None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_choice("pooling", ("mean", "rms_mean"))
         self.check_choice("subspace", ("toxic", "random"))
         self.check_range("rank", 1)
         self.check_range("strength", 0, 1, low_open=True)
-        self.check_range("embed_max_length", 1)
-        self.check_range("activation_batch_size", 1)
         if not self.layers:
             raise ValueError("layers must list at least one block, e.g. [15, 16, ..., 29]")
-        check_pairs_config(self.pairs)
 
 
 def toxic_subspace(toxic: torch.Tensor, non_toxic: torch.Tensor, rank: int, centering: bool = True) -> torch.Tensor:
@@ -136,9 +122,7 @@ def compute_subspaces(model: nn.Module, tok, hparams: ProFSHyperParams) -> Dict[
         gen = torch.Generator().manual_seed(hparams.seed)
         d = model.get_input_embeddings().weight.shape[1]
         return {i: random_subspace(d, hparams.rank, gen) for i in sorted(hparams.layers)}
-    toxic, non_toxic, n = pair_states(model, tok, hparams.pairs, hparams.layers, data_dir=hparams.data_dir,
-                                      pooling=hparams.pooling, max_length=hparams.embed_max_length,
-                                      batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir)
+    toxic, non_toxic, n = hparams.states(model, tok, hparams.layers)
     logger.info("ProFS: %d pairs, rank %d, layers %s", n, hparams.rank, sorted(hparams.layers))
     return {i: toxic_subspace(toxic[i], non_toxic[i], hparams.rank, hparams.centering) for i in sorted(hparams.layers)}
 
@@ -149,7 +133,6 @@ def apply_profs_to_model(model: nn.Module, tok, requests: Any, hparams: ProFSHyp
     """EasyEdit entry point. ProFS edits once from its preference pairs; ``requests`` are not
     used (it is not a per-instance method). Returns ``(model, weights_copy)``, the original
     MLP output matrices whenever ``return_orig_weights`` or ``keep_original_weight`` is set."""
-    as_requests(requests)
     model = start_edit(model, copy)
     spec = arch.resolve_spec(model)
     bases = compute_subspaces(model, tok, hparams)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...hparams import _help
+from ...hparams import EasyEditKeys, _help
 from .. import Algorithm, InputTransform, register_algorithm
-from .._common import EasyEditKeys, as_requests
+from .._common import as_requests
 
 ALG_NAME = "prompt"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict
 
 import torch
 from torch import nn
@@ -32,8 +32,8 @@ from torch import nn
 from ... import architectures as arch
 from ...hparams import _help
 from .. import Algorithm, register_algorithm
-from .._common import EasyEditKeys, as_requests, keep_weights, originals, restore_weights, start_edit
-from .._pairs import PAIRS_HELP, check_pairs_config, pair_states
+from .._common import keep_weights, originals, restore_weights, start_edit
+from .._pairs import PairMethodKeys
 
 logger = logging.getLogger(__name__)
 
@@ -42,33 +42,19 @@ CREATED_BIAS = "_surgery_editor_created_bias"  # marks a bias this method added 
 
 
 @dataclass
-class SteerHyperParams(EasyEditKeys):
+class SteerHyperParams(PairMethodKeys):
     ALG_NAME: ClassVar[str] = ALG_NAME
 
-    pairs: Dict[str, Any] = _help(PAIRS_HELP, {"path": "paradetox/paradetox.tsv", "positive_column": "toxic",
-                                               "negative_column": "neutral1", "limit": 500})
-    data_dir: Optional[str] = _help("root for relative data paths (default: $SURGERY_EDITOR_DATA_DIR, else ../shared/data)",
-                                    None)
     layer: int = _help("the vector is added to the residual stream after this block; -1 = at the embedding output", 6)
     scale: float = _help("v = -scale * (mean toxic - mean non-toxic state); 0 < scale", 4.0)
     direction: str = _help("'mean_difference' (the method) or 'random' (control: same norm, seeded direction)",
                            "mean_difference")
-    pooling: str = _help("'mean' over real tokens, or 'rms_mean' (unit-RMS token states)", "mean")
-    embed_max_length: int = _help("pair texts are truncated to this many tokens", 128)
-    activation_batch_size: int = _help("texts per forward pass", 32)
-    seed: int = _help("seed of the random control's direction", 0)
-    cache_dir: Optional[str] = _help("activation cache (default: $SURGERY_EDITOR_CACHE or ~/.cache/surgery_editor)",
-                                     None)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("direction", ("mean_difference", "random"))
-        self.check_choice("pooling", ("mean", "rms_mean"))
         self.check_range("scale", 0, low_open=True)
         self.check_range("layer", -1)
-        self.check_range("embed_max_length", 1)
-        self.check_range("activation_batch_size", 1)
-        check_pairs_config(self.pairs)
 
 
 def steering_vector(model: nn.Module, tok, hparams: SteerHyperParams) -> torch.Tensor:
@@ -76,9 +62,7 @@ def steering_vector(model: nn.Module, tok, hparams: SteerHyperParams) -> torch.T
     n_layers = arch.num_layers(model)
     if not -1 <= hparams.layer < n_layers:
         raise ValueError(f"layer {hparams.layer} out of range: -1 (embeddings) .. {n_layers - 1}")
-    toxic, non_toxic, n = pair_states(model, tok, hparams.pairs, [hparams.layer], data_dir=hparams.data_dir,
-                                      pooling=hparams.pooling, max_length=hparams.embed_max_length,
-                                      batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir)
+    toxic, non_toxic, n = hparams.states(model, tok, [hparams.layer])
     v = -hparams.scale * (toxic[hparams.layer].mean(0) - non_toxic[hparams.layer].mean(0))
     if hparams.direction == "random":
         gen = torch.Generator().manual_seed(hparams.seed)
@@ -121,7 +105,6 @@ def apply_steer_to_model(model: nn.Module, tok, requests: Any, hparams: SteerHyp
                          return_orig_weights: bool = False, keep_original_weight: bool = False, **kwargs: Any):
     """EasyEdit entry point: add the steering vector as a weight (see the module docstring).
     ``requests`` are not used (the vector comes from the method's pairs)."""
-    as_requests(requests)
     model = start_edit(model, copy)
     spec = arch.resolve_spec(model)
     v = steering_vector(model, tok, hparams)
