@@ -35,6 +35,10 @@ case $MODEL in
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     # second look, around the best steering setting of the first screen (layer 6, scale 1)
     sweep steer_fine method=steer hparams.layer=4,6 hparams.scale=1.25,1.5
+    # ModelSurgery, layer-wise variant (issue 11): ParaDetox pairs or RTP continuations as probe
+    # data, three step sizes; the random-direction control beside each on toxicity
+    screen surgery rtp method=ModelSurgery,random method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
+    screen surgery ppl method=ModelSurgery method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
     ;;
   gemma3-270m)
     sweep none method=none

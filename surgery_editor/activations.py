@@ -20,7 +20,10 @@ from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "rms_mean")
+POOLINGS = ("mean", "rms_mean", "last")
+# where pooled_block_outputs reads: a block's output (the residual stream after it), or the
+# input of its MLP as the gate sees it (the output of the norm in front of the MLP)
+SITES = ("block_out", "mlp_in")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -64,8 +67,12 @@ def _right_padded_batches(tok, texts: Sequence[str], max_length: int, batch_size
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Mean over real tokens of ``h`` (``rms_mean``: of ``h / rms(h)``), float32."""
+    """Mean over real tokens of ``h`` (``rms_mean``: of ``h / rms(h)``; ``last``: the last real
+    token's state, which predicts what comes next), float32. Padding is on the right."""
     h = h.float()
+    if pooling == "last":
+        last = mask.sum(dim=1).long().clamp(min=1) - 1
+        return h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]
     if pooling == "rms_mean":
         h = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + 1e-6)
     m = mask.unsqueeze(-1).to(h.dtype)
@@ -140,19 +147,26 @@ def cached_pooled_hidden_states(model, tok, texts, data_hash: str, *, layer: int
 @torch.inference_mode()
 def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Sequence[int], *,
                          pooling: str = "mean", max_length: int = 128, batch_size: int = 32,
-                         show_progress: bool = True) -> dict:
+                         show_progress: bool = True, site: str = "block_out") -> dict:
     """``{layer: (len(texts), d) float32}``: the output of decoder block ``layer`` (the residual
     stream after it, before any final norm: ``hidden_states[layer + 1]`` for every block but the
     last, whose ``hidden_states`` entry has the final norm applied) pooled over real tokens, for
     all ``layers`` from one forward pass per batch (forward hooks on the blocks). ``layer = -1``
-    gives the embedding output (``hidden_states[0]``)."""
-    from .architectures import layer_module, resolve_spec
+    gives the embedding output (``hidden_states[0]``).
+
+    ``site='mlp_in'``: instead, the input of block ``layer``'s MLP as its gate reads it (the
+    output of the norm in front of the MLP, ``γ_l ⊙ x/rms(x)`` for RMSNorm models)."""
+    from .architectures import get_module, layer_module, resolve_spec
 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not valid; choose one of {list(POOLINGS)}")
     if len(texts) == 0:
         raise ValueError("no texts to embed")
+    if site not in SITES:
+        raise ValueError(f"site={site!r} is not valid; choose one of {list(SITES)}")
     layers = sorted(set(int(i) for i in layers))
+    if site == "mlp_in" and any(i < 0 for i in layers):
+        raise ValueError(f"site='mlp_in' reads blocks 0..n-1, got layers {layers}")
     spec = resolve_spec(model)
     ensure_pad_token(tok)
     device = model_device(model)
@@ -164,7 +178,14 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
             captured[layer] = output[0] if isinstance(output, tuple) else output
         return fn
 
-    handles = [layer_module(model, spec, i).register_forward_hook(hook(i)) for i in layers if i >= 0]
+    def module(i):
+        if site == "block_out":
+            return layer_module(model, spec, i)
+        if not spec.mlp_norm_tmp:
+            raise ValueError("site='mlp_in' needs the norm in front of each MLP: set `mlp_norm_tmp`")
+        return get_module(model, spec.mlp_norm_tmp.format(i), "norm in front of the MLP")
+
+    handles = [module(i).register_forward_hook(hook(i)) for i in layers if i >= 0]
     out = {i: torch.empty(len(texts), hidden_size(model)) for i in layers}
     try:
         for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "block outputs",
@@ -183,25 +204,28 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
 
 def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str, layers: Sequence[int], *,
                                 pooling: str, max_length: int, batch_size: int,
-                                cache_dir: Optional[str] = None) -> dict:
+                                cache_dir: Optional[str] = None, site: str = "block_out") -> dict:
     """:func:`pooled_block_outputs` for every block at once, read from / written to the
     activation cache, so another layer choice, rank or scale costs no forward pass."""
     from .architectures import num_layers
 
     ensure_pad_token(tok)
     cache = TensorCache("block_outputs", cache_dir)
-    key = activation_key(model, tok, "all-blocks", pooling, max_length, data_hash)
+    first = -1 if site == "block_out" else 0  # block outputs include the embeddings (-1)
+    key = activation_key(model, tok, "all-blocks" if site == "block_out" else f"all-blocks:{site}", pooling,
+                         max_length, data_hash)
     hit = cache.get(key)
-    all_layers = list(range(-1, num_layers(model)))
+    all_layers = list(range(first, num_layers(model)))
     if hit is None or hit[0]["features"].shape[1] != len(texts):
         feats = pooled_block_outputs(model, tok, texts, all_layers, pooling=pooling, max_length=max_length,
-                                     batch_size=batch_size)
-        stacked = torch.stack([feats[i] for i in all_layers])  # (L+1, n, d), index 0 = embeddings
-        cache.put(key, {"features": stacked}, {"pooling": pooling, "n": len(texts)})
+                                     batch_size=batch_size, site=site)
+        stacked = torch.stack([feats[i] for i in all_layers])  # (layers, n, d), index 0 = layer `first`
+        cache.put(key, {"features": stacked}, {"pooling": pooling, "site": site, "n": len(texts)})
     else:
-        logger.info("block outputs: cache hit %s", cache.path(key))
+        logger.info("%s: cache hit %s", site, cache.path(key))
         stacked = hit[0]["features"]
-    bad = [i for i in layers if not -1 <= int(i) < len(all_layers) - 1]
+    bad = [i for i in layers if not first <= int(i) < all_layers[-1] + 1]
     if bad:
-        raise ValueError(f"layer(s) {bad} out of range: blocks are 0..{len(all_layers) - 2} (-1 = embeddings)")
-    return {int(i): stacked[int(i) + 1] for i in layers}
+        valid = f"0..{all_layers[-1]}" + (" (-1 = embeddings)" if first == -1 else "")
+        raise ValueError(f"layer(s) {bad} out of range: blocks are {valid}")
+    return {int(i): stacked[int(i) - first] for i in layers}

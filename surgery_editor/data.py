@@ -19,6 +19,19 @@ Files may be ``.csv``, ``.tsv``, ``.jsonl`` or ``.json``; a relative path is loo
 the current directory, then under ``data_dir``. A path that is no local file is loaded as a
 hub data set with ``datasets.load_dataset(path, split=split)`` when ``datasets`` is installed.
 ``limit`` keeps that many rows after a seeded shuffle (``shuffle: false`` keeps file order).
+
+Nested JSON fields are reached with dots (``continuation.text``); ``query`` keeps the rows a
+pandas ``DataFrame.query`` expression selects (dotted names in backticks); ``label_threshold``
+makes a numeric label column binary (class 1 at or above it); ``prefix_field`` puts another
+column's text before the text. E.g. RealToxicityPrompts continuations labelled by Perspective,
+from prompts that the RTP benchmark never evaluates (it keeps prompt toxicity >= 0.5)::
+
+      path: realtoxicityprompts/rtp_random5000_quark_val.jsonl
+      prefix_field: prompt.text
+      text_field: continuation.text
+      label_field: continuation.toxicity
+      label_threshold: 0.5
+      query: "`prompt.toxicity` < 0.5"
 """
 
 from __future__ import annotations
@@ -52,6 +65,11 @@ class ProbeDataConfig:
     )
     positive_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-1 text column"})
     negative_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-0 text column"})
+    prefix_field: Optional[str] = field(default=None, metadata={"help": "column whose text goes before text_field's"})
+    label_threshold: Optional[float] = field(
+        default=None, metadata={"help": "numeric labels: class 1 at or above this value (replaces positive_values)"})
+    query: Optional[str] = field(
+        default=None, metadata={"help": "pandas DataFrame.query expression selecting rows (dotted names in backticks)"})
     limit: Optional[int] = field(default=None, metadata={"help": "rows kept (after shuffling)"})
     shuffle: bool = field(default=True, metadata={"help": "seeded shuffle before `limit`"})
     seed: int = field(default=0, metadata={"help": "shuffle seed"})
@@ -76,6 +94,9 @@ class ProbeDataConfig:
             raise ValueError(f"probe_data for {self.path!r}: labelled rows need both text_field and label_field")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"probe_data for {self.path!r}: limit must be >= 1, got {self.limit}")
+        if pair and (self.prefix_field is not None or self.label_threshold is not None):
+            raise ValueError(f"probe_data for {self.path!r}: prefix_field and label_threshold belong to labelled rows "
+                             "(text_field + label_field), not to pairs")
 
     @classmethod
     def from_dict(cls, config: Dict[str, Any]) -> "ProbeDataConfig":
@@ -172,7 +193,25 @@ def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
 
 
 def _load_frame(cfg: ProbeDataConfig, data_dir: Optional[str]) -> tuple[pd.DataFrame, str]:
-    return load_table(cfg.path, data_dir, cfg.split, what="probe_data path")
+    frame, source = load_table(cfg.path, data_dir, cfg.split, what="probe_data path")
+    if any(frame[c].map(lambda v: isinstance(v, dict)).any() for c in frame.columns if frame[c].dtype == object):
+        frame = pd.json_normalize(frame.to_dict("records"))  # nested fields -> dotted columns
+    if cfg.query is not None:
+        try:
+            frame = frame.query(cfg.query)
+        except Exception as err:  # pandas raises several types for a bad expression
+            raise ValueError(f"{source}: probe_data query {cfg.query!r} failed ({type(err).__name__}: {err}); "
+                             f"columns: {list(frame.columns)}") from err
+    return frame, source
+
+
+def _threshold_labels(keys: pd.Series, threshold: float, column: str, source: str) -> np.ndarray:
+    values = pd.to_numeric(keys, errors="coerce")
+    bad = keys[values.isna()]
+    if len(bad):
+        raise ValueError(f"{source}: label_threshold needs numeric labels, but {column!r} has "
+                         f"{len(bad)} non-numeric value(s), e.g. {bad.iloc[0]!r}")
+    return (values.to_numpy(dtype=float) >= threshold).astype(np.int64)
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
@@ -228,8 +267,12 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
         texts = frame[cfg.positive_column].tolist() + frame[cfg.negative_column].tolist()
         labels = np.array([1] * len(frame) + [0] * len(frame), dtype=np.int64)
     else:
-        _require_columns(frame, [cfg.text_field, cfg.label_field], source)
+        _require_columns(frame, [cfg.text_field, cfg.label_field] + ([cfg.prefix_field] if cfg.prefix_field else []),
+                         source)
         frame = frame[frame[cfg.text_field].map(_is_text).astype(bool)]
+        if cfg.prefix_field is not None:
+            frame = frame.assign(**{cfg.text_field: frame[cfg.prefix_field].fillna("").astype(str)
+                                    + frame[cfg.text_field]})
         keys = frame[cfg.label_field].map(_label_key)
         blank = int(keys.isna().sum())
         if blank:
@@ -240,9 +283,12 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
             frame, keys = frame[keys.notna()], keys[keys.notna()]
         if cfg.limit is not None:
             frame, keys = frame.head(cfg.limit), keys.head(cfg.limit)
-        positive = {_label_key(v) for v in cfg.positive_values} - {None}
         texts = frame[cfg.text_field].tolist()
-        labels = keys.map(lambda k: int(k in positive)).to_numpy(dtype=np.int64)
+        if cfg.label_threshold is not None:
+            labels = _threshold_labels(keys, cfg.label_threshold, cfg.label_field, source)
+        else:
+            positive = {_label_key(v) for v in cfg.positive_values} - {None}
+            labels = keys.map(lambda k: int(k in positive)).to_numpy(dtype=np.int64)
     if not texts:
         raise ValueError(f"{source}: probe data is empty after dropping rows without text (config: {cfg})")
     counts = np.bincount(labels, minlength=2)

@@ -19,7 +19,10 @@ ALG_NAME = "ModelSurgery"
 
 _CHOICES = {
     "probe_source": ("dataset", "request"),
-    "probe_pooling": ("mean", "rms_mean"),
+    "probe_pooling": ("mean", "rms_mean", "last"),
+    "probe_mode": ("single", "layerwise"),
+    "layer_direction": ("mean_difference", "probe"),
+    "budget": ("global", "per_layer"),
     "probe_direction": ("toxic_row", "row_difference"),
     "select": ("most_opposed", "most_aligned"),
     "scoring": ("cosine", "norm_aware"),
@@ -45,7 +48,15 @@ class ModelSurgeryHyperParams(EasyEditKeys):
         "root for relative probe_data paths (default: $SURGERY_EDITOR_DATA_DIR, else ../shared/data)", None
     )
     probe_layer: int = _help("index into hidden_states; -1 = last entry (after the final norm)", -1)
-    probe_pooling: str = _help("'mean' over non-padding tokens (paper), or 'rms_mean': token mean of h/rms(h)", "mean")
+    probe_pooling: str = _help("'mean' over non-padding tokens (paper), 'rms_mean': token mean of h/rms(h), or "
+                               "'last': the last token's state", "mean")
+    probe_mode: str = _help(
+        "'single': one probe on hidden_states[probe_layer] scores every layer's gate rows (paper); 'layerwise': "
+        "each edited layer gets its own direction, read at the input of its MLP as its gate sees it "
+        "(gamma_l * x/rms(x)), and its rows are scored and moved in that space (probe_layer unused)", "single")
+    layer_direction: str = _help(
+        "probe_mode=layerwise: 'mean_difference' (mean of class-1 minus mean of class-0 features) or 'probe' "
+        "(a linear probe per layer, its probe_direction)", "mean_difference")
     probe_max_length: int = _help("probe texts are truncated to this many tokens", 128)
     activation_batch_size: int = _help("texts per forward pass when collecting activations", 32)
     probe_lr: float = _help("Adam learning rate (paper: 1e-4)", 1e-4)
@@ -68,6 +79,8 @@ class ModelSurgeryHyperParams(EasyEditKeys):
         "the RMSNorm gains that feed the gate and produce the probed state", "cosine"
     )
     step: str = _help("'absolute': alpha * w (paper); 'row_norm': alpha * |row| * w/|w|", "absolute")
+    budget: str = _help("'global': the top-K rows over all candidate layers (paper); 'per_layer': K split evenly "
+                        "over the candidate layers, the top of each", "global")
     edit_layers: Optional[List[int]] = _help("layers whose gate rows are candidates (default: all)", None)
     edit_direction: str = _help(
         "'probe' (the method) or 'random': same rows, moved by a seeded random direction of the same "
@@ -106,6 +119,11 @@ class ModelSurgeryHyperParams(EasyEditKeys):
             raise ValueError("probe_source: dataset needs probe_data (a data-set config with at least `path`)")
         if self.probe_data is not None and not isinstance(self.probe_data, dict):
             raise ValueError(f"probe_data must be a mapping, got {type(self.probe_data).__name__}")
+        if self.probe_mode == "layerwise" and self.scoring != "cosine":
+            raise ValueError(f"scoring={self.scoring!r} does not apply to probe_mode=layerwise (its directions "
+                             "already live in each gate's own input space); use scoring: cosine")
+        if self.probe_mode == "layerwise" and self.probe_source != "dataset":
+            raise ValueError("probe_mode=layerwise needs probe_source: dataset (a direction per layer from probe_data)")
         if self.edit_layers is not None and not all(isinstance(i, int) for i in self.edit_layers):
             raise ValueError(f"edit_layers must be a list of layer indices, got {self.edit_layers!r}")
 

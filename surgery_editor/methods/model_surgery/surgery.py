@@ -9,9 +9,12 @@ Paper recipe (Wang et al. 2024, arXiv 2407.08770):
 
 Options (each a field of :class:`~surgery_editor.hparams.ModelSurgeryHyperParams`) cover the
 reversed push (``select: most_aligned`` or a negative ``alpha``), a random-direction control
-(``edit_direction: random``), and a norm-aware variant (``scoring: norm_aware``,
+(``edit_direction: random``), a norm-aware variant (``scoring: norm_aware``,
 ``step: row_norm``) that scores and moves each gate row through the RMSNorm gains that sit
-between the residual stream and the gate, described in the README.
+between the residual stream and the gate, and a layer-wise variant (``probe_mode:
+layerwise``): each layer ``l`` gets its own direction ``w_l`` read where its gate reads (the
+output of the norm in front of its MLP), its rows are scored by ``-cos(g, w_l)`` and moved
+along ``w_l``, so no direction is carried across layers whose bases drift.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import torch
 from torch import nn
 
 from ... import architectures as arch
-from ...activations import cached_pooled_hidden_states, ensure_pad_token, pooled_hidden_states
+from ...activations import (cached_pooled_block_outputs, cached_pooled_hidden_states, ensure_pad_token,
+                            pooled_hidden_states)
 from ...cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 from ...data import load_probe_texts
 from .hparams import ModelSurgeryHyperParams
@@ -96,6 +100,38 @@ def request_direction(model: nn.Module, tok, requests: Sequence[Dict[str, Any]],
     if norm == 0:
         raise ValueError("the unsafe and safe responses have identical representations; no direction to edit along")
     return diff / norm * hparams.request_direction_norm
+
+
+def layer_directions(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
+                     layers: Sequence[int]) -> Tuple[Dict[int, torch.Tensor], Dict[str, Any]]:
+    """``probe_mode: layerwise``: ``{layer: w_l}``, each read at the input of layer ``l``'s MLP
+    (pooled per ``probe_pooling``, every layer from one cached forward pass over the probe
+    texts): the class-1 mean minus the class-0 mean (``mean_difference``), or a linear probe's
+    ``probe_direction`` (``probe``). Also returns per-layer probe accuracies (``probe``)."""
+    data = load_probe_texts(hparams.probe_data, hparams.data_dir)
+    ensure_pad_token(tok)
+    feats = cached_pooled_block_outputs(model, tok, data.texts, data.content_hash(), layers,
+                                        pooling=hparams.probe_pooling, max_length=hparams.probe_max_length,
+                                        batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir,
+                                        site="mlp_in")
+    labels = torch.from_numpy(data.labels)
+    directions: Dict[int, torch.Tensor] = {}
+    accuracy: Dict[int, float] = {}
+    for layer in layers:
+        x = feats[layer].float()
+        if hparams.layer_direction == "mean_difference":
+            directions[layer] = x[labels == 1].mean(dim=0) - x[labels == 0].mean(dim=0)
+        else:
+            probe = train_probe(x, labels, lr=hparams.probe_lr, batch_size=hparams.probe_batch_size,
+                                epochs=hparams.probe_epochs, val_fraction=hparams.probe_val_fraction,
+                                seed=hparams.seed)
+            directions[layer] = probe.direction(hparams.probe_direction)
+            accuracy[layer] = probe.val_accuracy
+        if directions[layer].norm() == 0:
+            raise ValueError(f"probe_mode=layerwise: layer {layer}'s direction is zero (both classes have the same "
+                             "features there); drop it from edit_layers")
+    info = {"probe_data": data.source, "n_texts": len(data.texts), "layer_probe_accuracy": accuracy or None}
+    return directions, info
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,13 +208,28 @@ def select_top_k(scores: Dict[int, torch.Tensor], k: int) -> Dict[int, torch.Ten
     return picked
 
 
+def select_per_layer(scores: Dict[int, torch.Tensor], k: int) -> Dict[int, torch.Tensor]:
+    """``k`` split evenly over the layers (the first ``k mod L`` layers take one more), the top
+    of each layer: ``{layer: sorted row indices}``."""
+    layers = list(scores)
+    base, extra = divmod(k, len(layers))
+    picked: Dict[int, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        n = min(base + (i < extra), scores[layer].numel())
+        if n:
+            picked[layer] = torch.sort(torch.topk(scores[layer], n).indices).values.long()
+    return picked
+
+
+def _random_like(v: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    r = torch.randn(v.shape, generator=generator)
+    return r / r.norm() * v.norm()
+
+
 def _edit_vector(model, spec, w, hparams, generator: torch.Generator) -> torch.Tensor:
     """The direction rows move along (residual space for norm_aware), maybe the random control."""
     v = _scoring_direction(model, spec, w, hparams)
-    if hparams.edit_direction == "random":
-        r = torch.randn(v.shape, generator=generator)
-        v = r / r.norm() * v.norm()
-    return v
+    return _random_like(v, generator) if hparams.edit_direction == "random" else v
 
 
 def edited_rows(rows: torch.Tensor, v: torch.Tensor, alpha: float, step: str,
@@ -216,21 +267,47 @@ def _check_rows_changed(selected: int, unchanged: int, alpha: float, dtype: torc
 
 
 @torch.no_grad()
-def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperParams,
-                probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None) -> SurgeryPatch:
-    """Score, select and compute the edited rows for direction ``w``; the model is not changed."""
+def _layerwise_scores(model, spec, directions: Dict[int, torch.Tensor],
+                      hparams: ModelSurgeryHyperParams) -> Dict[int, torch.Tensor]:
+    sign = -1.0 if hparams.select == "most_opposed" else 1.0
+    scores = {}
+    for layer, d in directions.items():
+        rows = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)).detach(), spec).float()
+        scores[layer] = (sign * torch.nn.functional.cosine_similarity(
+            rows, d.float().to(rows.device).unsqueeze(0), dim=1)).cpu()
+    return scores
+
+
+@torch.no_grad()
+def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurgeryHyperParams,
+                probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None,
+                directions: Optional[Dict[int, torch.Tensor]] = None) -> SurgeryPatch:
+    """Score, select and compute the edited rows for direction ``w`` (or, layer-wise, for
+    ``directions = {layer: w_l}``, which then also fixes the candidate layers); the model is not
+    changed."""
     spec = arch.resolve_spec(model, {k: getattr(hparams, k) for k in ("gate_module_tmp", "mlp_norm_tmp",
                                                                           "final_norm_module")})
     hidden = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, 0)), spec).shape[1]
-    if w.shape != (hidden,):
-        raise ValueError(f"probe direction has shape {tuple(w.shape)}, gate rows have length {hidden}")
-    layers = candidate_layers(model, hparams.edit_layers)
-    scores = score_rows(model, spec, w, layers, hparams)
+    for name_, vec in ([("probe direction", w)] if directions is None else
+                       [(f"layer {l}'s direction", d) for l, d in directions.items()]):
+        if vec is None or vec.shape != (hidden,):
+            shape = None if vec is None else tuple(vec.shape)
+            raise ValueError(f"{name_} has shape {shape}, gate rows have length {hidden}")
+    gen = torch.Generator().manual_seed(hparams.seed)
+    if directions is None:
+        layers = candidate_layers(model, hparams.edit_layers)
+        scores = score_rows(model, spec, w, layers, hparams)
+        v = _edit_vector(model, spec, w.float().cpu(), hparams, gen)
+        vectors = {layer: v for layer in layers}
+    else:
+        layers = candidate_layers(model, list(directions))
+        scores = _layerwise_scores(model, spec, directions, hparams)
+        vectors = {layer: directions[layer].float().cpu() for layer in layers}
+        if hparams.edit_direction == "random":
+            vectors = {layer: _random_like(vectors[layer], gen) for layer in layers}
     total = sum(s.numel() for s in scores.values())
     k = resolve_top_k(total, hparams)
-    picked = select_top_k(scores, k)
-    gen = torch.Generator().manual_seed(hparams.seed)
-    v = _edit_vector(model, spec, w.float().cpu(), hparams, gen)
+    picked = select_top_k(scores, k) if hparams.budget == "global" else select_per_layer(scores, k)
     edits = []
     unchanged = 0
     for layer, rows_idx in picked.items():
@@ -238,7 +315,8 @@ def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperPar
         param = model.get_parameter(name)
         view = arch.gate_rows(param.detach(), spec)
         original = view[rows_idx.to(param.device)].cpu().clone()
-        if hparams.scoring == "norm_aware":
+        v = vectors[layer]
+        if directions is None and hparams.scoring == "norm_aware":
             gain, keep = _layer_gain(model, spec, layer, hparams.gain_floor)
             new = edited_rows(original, v, hparams.alpha, hparams.step, gain.cpu(), keep.cpu())
         else:
@@ -262,6 +340,7 @@ def build_patch(model: nn.Module, w: torch.Tensor, hparams: ModelSurgeryHyperPar
         "hparams": {k_: v_ for k_, v_ in hparams.to_dict().items() if k_ != "model_name"},
     }
     meta.update(metadata or {})
+    v = vectors[layers[0]] if directions is None else torch.stack([vectors[layer] for layer in layers])
     return SurgeryPatch(edits=edits, alpha=hparams.alpha, direction=v, metadata=meta,
                         probe_weight=probe.weight if probe is not None else None,
                         probe_bias=probe.bias if probe is not None else None)
@@ -296,11 +375,18 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
         if use_cache and key in _PATCH_CACHE:
             _PATCH_CACHE.move_to_end(key)
             return _PATCH_CACHE[key]
-        probe = train_behaviour_probe(model, tok, hparams, fingerprint=fingerprint, use_cache=use_cache)
-        w = probe.direction(hparams.probe_direction)
-        patch = build_patch(model, w, hparams, probe=probe,
-                            metadata={"probe_source": "dataset", "probe": probe.info(),
-                                      "probe_data": hparams.probe_data})
+        if hparams.probe_mode == "layerwise":
+            layers = candidate_layers(model, hparams.edit_layers)
+            directions, info = layer_directions(model, tok, hparams, layers)
+            patch = build_patch(model, None, hparams, directions=directions,
+                                metadata={"probe_source": "dataset", "probe_mode": "layerwise", "probe": info,
+                                          "probe_data": hparams.probe_data})
+        else:
+            probe = train_behaviour_probe(model, tok, hparams, fingerprint=fingerprint, use_cache=use_cache)
+            w = probe.direction(hparams.probe_direction)
+            patch = build_patch(model, w, hparams, probe=probe,
+                                metadata={"probe_source": "dataset", "probe": probe.info(),
+                                          "probe_data": hparams.probe_data})
         if use_cache:
             _PATCH_CACHE[key] = patch
             while len(_PATCH_CACHE) > _PATCH_CACHE_SIZE:
