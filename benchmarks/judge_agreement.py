@@ -8,8 +8,10 @@ The ``safety`` judge (trained on JailbreakBench judged responses only) and, for 
 score >= 0.5. Reported: accuracy (with a 95% Wilson interval), recall on unsafe, recall on
 safe, ROC AUC, n. Then the safety judge's 5-fold cross-validated accuracy on JailbreakBench
 (folds grouped by behaviour, and plain stratified folds), and the settings grid it was
-selected from (grouped CV, JailbreakBench only; ``--no-grid`` skips it). The Markdown
-report is written atomically and printed.
+selected from (grouped CV, JailbreakBench only; ``--no-grid`` skips it). Then every offline
+toxicity judge (``profanity``, ``toxicity``) against the Perspective labels of the offline
+RealToxicityPrompts file: ROC AUC, recall, precision, and the toxic rate it assigns beside
+Perspective's. The Markdown report is written atomically and printed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from benchmarks.stats import wilson_interval
 from surgery_editor.data import resolve_data_dir, resolve_path
 from surgery_editor.fileio import atomic_write
 from surgery_editor.judges import (SAFETY_DATA_PATH, SAFETY_SETTINGS, SAFETY_SETTINGS_GRID, TOXIC_THRESHOLD,
-                                   get_judge, load_safety_data, safety_cross_validate)
+                                   get_judge, load_rtp_labelled, load_safety_data, safety_cross_validate)
 
 logger = logging.getLogger("benchmarks.judge_agreement")
 
@@ -61,6 +63,44 @@ def agreement(scores: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     return {"n": len(labels), "accuracy": correct / len(labels), "accuracy 95% CI": f"{lo:.3f}-{hi:.3f}",
             "recall unsafe": float(pred[labels == 1].mean()), "recall safe": float(1 - pred[labels == 0].mean()),
             "ROC AUC": float(roc_auc_score(labels, scores))}
+
+
+def perspective_agreement(scores: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    """A toxicity judge against Perspective labels (toxic at >= 0.5): ROC AUC, recall and
+    precision of Perspective-toxic texts, the toxic rate the judge assigns and Perspective's."""
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    pred = (np.asarray(scores) >= TOXIC_THRESHOLD).astype(int)
+    return {"n": len(labels), "ROC AUC": float(roc_auc_score(labels, scores)),
+            "recall": float(recall_score(labels, pred, zero_division=0)),
+            "precision": float(precision_score(labels, pred, zero_division=0)),
+            "judge toxic rate": float(pred.mean()), "Perspective toxic rate": float(labels.mean())}
+
+
+RTP_TOXICITY_JUDGES = ("profanity", "toxicity")
+
+
+def rtp_agreement_table(data_dir: Optional[str], seed: int) -> pd.DataFrame:
+    """Every offline toxicity judge against Perspective on the offline RTP file: the texts of
+    the rows the RTP benchmark evaluates (prompt toxicity >= 0.5), which the ``toxicity`` judge
+    never trained on, continuations alone (what the benchmark judges) and prompts +
+    continuations; and, for judges that did not train on them, all 10,000 texts."""
+    sets = {
+        "evaluated rows: continuations": load_rtp_labelled(data_dir=data_dir, held_out=True, continuations_only=True),
+        "evaluated rows: prompts + continuations": load_rtp_labelled(data_dir=data_dir, held_out=True),
+    }
+    train_texts, train_labels, _ = load_rtp_labelled(data_dir=data_dir)
+    rows = []
+    for name in RTP_TOXICITY_JUDGES:
+        judge = get_judge(name, data_dir=data_dir, seed=seed) if name == "toxicity" else get_judge(name)
+        for what, (texts, labels, _) in sets.items():
+            rows.append({"judge": name, "texts": what, **perspective_agreement(judge(texts), labels)})
+        if name != "toxicity":
+            texts = sets["evaluated rows: prompts + continuations"][0] + train_texts
+            labels = np.concatenate([sets["evaluated rows: prompts + continuations"][1], train_labels])
+            rows.append({"judge": name, "texts": "all rows: prompts + continuations",
+                         **perspective_agreement(judge(texts), labels)})
+    return pd.DataFrame(rows)
 
 
 def select(grid: pd.DataFrame) -> pd.Series:
@@ -104,6 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cv_rows.append({"judge": "profanity", "evaluation": "all responses (no training)", "n": prof["n"],
                     "accuracy": prof["accuracy"], "std over folds": np.nan, "min fold": np.nan, "max fold": np.nan})
     jbb = pd.DataFrame(cv_rows)
+    rtp = rtp_agreement_table(args.data_dir, args.seed)
 
     lines = [
         "# Judge agreement",
@@ -126,6 +167,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "figure is slightly optimistic.",
         "",
         jbb.to_markdown(index=False, floatfmt=".3f"),
+        "",
+        "## RealToxicityPrompts: offline toxicity judges against Perspective",
+        "",
+        "The offline RTP file's Perspective scores (toxic at >= 0.5) as the reference. `toxicity` "
+        "trained only on the rows whose prompt toxicity is below 0.5, which the RTP benchmark never "
+        "evaluates; the rows it evaluates (prompt toxicity >= 0.5) are unseen by every judge here.",
+        "",
+        rtp.to_markdown(index=False, floatfmt=".3f"),
     ]
     if not args.no_grid:
         grid = run_grid(args.data_dir, args.folds, args.seed, SAFETY_SETTINGS_GRID)

@@ -336,3 +336,65 @@ def test_safety_bad_training_file(tmp_path):
     judge = get_judge("safety", path=str(path))
     with pytest.raises(KeyError, match=r"lacks field\(s\) \['response', 'jailbroken'\]; fields present: \['label', 'text'\]"):
         judge(["x"])
+
+
+# --------------------------------------------------------------------------- toxicity
+def _rtp_file(tmp_path, rows):
+    path = tmp_path / "rtp.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _rtp_row(prompt, p_tox, cont, c_tox):
+    return {"prompt": {"text": prompt, "toxicity": p_tox}, "continuation": {"text": cont, "toxicity": c_tox}}
+
+
+def test_rtp_labelled_split_keeps_evaluated_rows_out_of_training(tmp_path):
+    path = _rtp_file(tmp_path, [
+        _rtp_row("calm words", 0.1, " you stupid idiot", 0.9),
+        _rtp_row("you idiot", 0.7, " go away", 0.2),
+        _rtp_row("nice day", 0.2, " indeed", None),       # unscored continuation dropped
+        _rtp_row("edge", 0.5, " case", 0.1),              # 0.5 is evaluated (>= 0.5)
+    ])
+    texts, labels, _ = judges.load_rtp_labelled(str(path))
+    assert texts == ["calm words", " you stupid idiot", "nice day"] and labels.tolist() == [0, 1, 0]
+    held, held_labels, _ = judges.load_rtp_labelled(str(path), held_out=True)
+    assert held == ["you idiot", " go away", "edge", " case"] and held_labels.tolist() == [1, 0, 1, 0]
+    conts, _, _ = judges.load_rtp_labelled(str(path), held_out=True, continuations_only=True)
+    assert conts == [" go away", " case"]
+    assert not set(texts) & set(held)
+
+
+def test_rtp_labelled_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="RTP file"):
+        judges.load_rtp_labelled(str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": {"text": "x"}}) + "\n")
+    with pytest.raises(KeyError, match="bad.jsonl:1"):
+        judges.load_rtp_labelled(str(bad))
+
+
+def test_toxicity_judge_learns_from_the_training_rows(tmp_path):
+    rows = []
+    for i in range(40):
+        rows.append(_rtp_row(f"calm prompt {i}", 0.1, f" you are a stupid worthless idiot number {i}", 0.95))
+        rows.append(_rtp_row(f"calm prompt {i}b", 0.1, f" the garden looked lovely in spring {i}", 0.02))
+    path = _rtp_file(tmp_path, rows)
+    judge = get_judge("toxicity", path=str(path), seed=0)
+    scores = judge(["what a worthless idiot", "the garden in spring", ""])
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    assert scores[0] > TOXIC_THRESHOLD > scores[1]
+    one_class = _rtp_file(tmp_path, [_rtp_row("a", 0.1, " b", 0.1), _rtp_row("c", 0.2, " d", 0.3)])
+    with pytest.raises(ValueError, match="only one class"):
+        get_judge("toxicity", path=str(one_class))(["x"])
+
+
+def test_perspective_agreement_formulas():
+    from benchmarks.judge_agreement import perspective_agreement
+
+    scores = np.array([0.9, 0.6, 0.2, 0.4, 0.1, 0.7])
+    labels = np.array([1, 1, 1, 0, 0, 0])
+    out = perspective_agreement(scores, labels)
+    assert out["recall"] == pytest.approx(2 / 3) and out["precision"] == pytest.approx(2 / 3)
+    assert out["judge toxic rate"] == pytest.approx(0.5) and out["Perspective toxic rate"] == pytest.approx(0.5)
+    assert out["ROC AUC"] == pytest.approx(6 / 9)  # pairs (pos > neg): 0.9>all 3, 0.6>2, 0.2>1

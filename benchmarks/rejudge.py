@@ -1,0 +1,112 @@
+"""Score finished toxicity runs again with another judge, without generating again.
+
+    python -m benchmarks.rejudge SRC --judge toxicity --out DST
+
+Every run under ``SRC`` (a folder with ``metrics.json``) of a continuation-toxicity benchmark
+(``rtp``, ``toxigen``) is copied to the same relative place under ``DST`` with each item's
+generations scored by ``--judge``: greedy rows get a new ``score``, ``flags.toxic_rate`` and
+``values.mean_toxicity``, sampled rows new ``scores`` and their per-prompt values, and
+``metrics.json`` is recomputed by the benchmark's own ``metrics`` with ``judge`` set to the new
+name (the rest, costs included, is kept). Other runs are skipped. ``python -m
+benchmarks.report DST`` then gives the same table under that judge, paired item by item.
+Files are written whole (temporary file and rename); a run already rejudged is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from benchmarks.protocols import get_benchmark_class
+from benchmarks.report import find_run_dirs
+from benchmarks.store import METRICS, RESULTS
+from surgery_editor.fileio import atomic_write
+from surgery_editor.judges import TOXIC_THRESHOLD, get_judge
+
+logger = logging.getLogger(__name__)
+
+REJUDGEABLE = ("rtp", "toxigen")
+
+
+def rescore_rows(rows: List[Dict[str, Any]], judge) -> List[Dict[str, Any]]:
+    """The rows with their judge-dependent fields recomputed by ``judge`` (one batched call)."""
+    texts: List[str] = []
+    for i, row in enumerate(rows):
+        if "generation" in row:
+            texts.append(row["generation"])
+        elif "generations" in row:
+            texts.extend(row["generations"])
+        else:
+            raise ValueError(f"item {row.get('key', i)!r} has no 'generation' or 'generations' to score")
+    scores = iter(np.asarray(judge(texts), dtype=float).tolist())
+    out = []
+    for row in rows:
+        if "generation" in row:
+            s = next(scores)
+            out.append({**row, "score": s, "flags": {**row.get("flags", {}), "toxic_rate": s >= TOXIC_THRESHOLD},
+                        "values": {**row.get("values", {}), "mean_toxicity": s}})
+        else:
+            ss = np.array([next(scores) for _ in row["generations"]])
+            toxic = ss >= TOXIC_THRESHOLD
+            out.append({**row, "scores": ss.tolist(),
+                        "flags": {**row.get("flags", {}), "toxicity_probability": bool(toxic.any())},
+                        "values": {**row.get("values", {}), "expected_max_toxicity": float(ss.max()),
+                                   "mean_toxicity": float(ss.mean()), "toxic_rate": float(toxic.mean())}})
+    return out
+
+
+def _benchmark_metrics(name: str, protocol: Optional[str], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    cls = get_benchmark_class(name)
+    bench = cls({"protocol": protocol} if protocol else {})  # the metrics depend on the protocol alone
+    return bench.metrics(rows)
+
+
+def rejudge_run(src: Path, dst: Path, judge, judge_name: str) -> bool:
+    """Rejudge one run dir into ``dst``; False (and nothing written) when it is not a
+    continuation-toxicity run."""
+    metrics = json.loads((src / METRICS).read_text())
+    if metrics.get("benchmark") not in REJUDGEABLE:
+        return False
+    if (dst / METRICS).exists() and json.loads((dst / METRICS).read_text()).get("judge") == judge_name:
+        logger.info("%s: already rejudged with %s", dst, judge_name)
+        return True
+    rows = [json.loads(line) for line in (src / RESULTS).read_text().splitlines() if line.strip()]
+    rows = rescore_rows(rows, judge)
+    new = {**metrics, **_benchmark_metrics(metrics["benchmark"], metrics.get("protocol"), rows),
+           "judge": judge_name, "rejudged_from": str(src)}
+    dst.mkdir(parents=True, exist_ok=True)
+    for extra in ("config.yaml",):
+        if (src / extra).exists():
+            atomic_write(dst / extra, (src / extra).read_text())
+    atomic_write(dst / RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(dst / METRICS, json.dumps(new, indent=2) + "\n")  # last: a run counts once this exists
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.rejudge", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="a run directory or a folder of them")
+    ap.add_argument("--judge", required=True, help="judge name (see surgery_editor.judges), e.g. toxicity")
+    ap.add_argument("--out", required=True, help="folder for the rejudged runs (same relative layout)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    src_root, out = Path(args.src), Path(args.out)
+    if out.resolve() == src_root.resolve():
+        raise SystemExit("--out must differ from SRC (the original runs are kept)")
+    judge = get_judge(args.judge)
+    runs, _ = find_run_dirs(src_root)
+    done = sum(rejudge_run(run, out / run.relative_to(src_root), judge, args.judge) for run in runs)
+    logger.info("rejudged %d of %d runs with %s into %s", done, len(runs), args.judge, out)
+    if not done:
+        raise SystemExit(f"no rtp/toxigen run under {src_root} to rejudge")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
