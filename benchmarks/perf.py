@@ -19,6 +19,12 @@ All in one process, on the same model and data:
 3. **Generation** (``generation.csv``): greedy :func:`surgery_editor.evaluation.generate`
    with ``batch_size=16`` vs one prompt at a time on the same RealToxicityPrompts prompts;
    new tokens/s and whether the outputs are identical.
+4. **SafeEdit prefix sharing** (``safeedit_prefix.csv``): the SafeEdit evaluation inputs of
+   ``--safeedit-prefix-records`` records (every DS/DG input, chat template, records ordered by
+   attack prompt as the benchmark orders them) through today's batched :func:`generate` and
+   through :func:`~surgery_editor.evaluation.generate_shared_prefix` (shared prompt prefixes
+   computed once), same batch size and new tokens; seconds, ratio, the share of input
+   tokens that are a prefix shared within a group, and how many outputs are token-identical.
 
 Peak memory on CPU: a thread samples the process RSS (psutil) every 5 ms during each
 measured step; ``*_peak_rss_mb`` is that step's peak RSS and ``*_rss_delta_mb`` the peak
@@ -62,6 +68,10 @@ GEN_COLUMNS = ["model", "device", "prompts", "max_new_tokens", "new_tokens", "ba
                "batched_s", "single_s", "batched_tok_per_s", "single_tok_per_s", "batched_speedup",
                "batched_peak_rss_mb", "single_peak_rss_mb", "batched_cuda_peak_mb", "single_cuda_peak_mb",
                "identical_outputs"]
+PREFIX_COLUMNS = ["model", "device", "records", "inputs", "input_tokens", "shared_token_share", "max_new_tokens",
+                  "batch_size", "batched_s", "shared_prefix_s", "speedup", "identical_outputs",
+                  "batched_peak_rss_mb", "shared_prefix_peak_rss_mb", "batched_cuda_peak_mb",
+                  "shared_prefix_cuda_peak_mb"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,17 +222,70 @@ def measure_generation(model, tok, prompts: Sequence[str], model_label: str, max
     }
 
 
+def safeedit_generation_inputs(requests: Sequence[Dict[str, Any]]) -> List[str]:
+    """Every SafeEdit evaluation input of ``requests`` (DS and each DG_* present), records
+    ordered by their attack prompt, as the benchmark evaluates them with prefix sharing."""
+    from benchmarks.protocols import SAFEEDIT_INPUTS, safeedit_inputs
+
+    inputs = []
+    for req in sorted(requests, key=lambda r: r["prompt"]):
+        texts = dict(zip(SAFEEDIT_INPUTS, [req["prompt"], *req["general_prompt"]]))
+        inputs += [texts[k] for k in safeedit_inputs(req)]
+    return inputs
+
+
+def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], model_label: str,
+                            max_new_tokens: int = 12, batch_size: int = 16, max_length: int = 1024,
+                            min_shared: int = 32) -> Dict[str, Any]:
+    from surgery_editor.evaluation import format_prompts, generate, generate_shared_prefix, prefix_groups
+
+    device = _device(model)
+    inputs = safeedit_generation_inputs(requests)
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, chat="auto", max_length=max_length)
+    generate(model, tok, inputs[:2], **{**kw, "max_new_tokens": 2})  # warm-up
+    base, b = measure(lambda: generate(model, tok, inputs, **kw), device)
+    shared, s = measure(lambda: generate_shared_prefix(model, tok, inputs, min_shared=min_shared, **kw), device)
+    same = sum(x == y for x, y in zip(base, shared))
+    if same < len(inputs):
+        logger.warning("%s: prefix sharing changed %d of %d SafeEdit outputs", model_label, len(inputs) - same,
+                       len(inputs))
+    texts, templated = format_prompts(tok, inputs, "auto")
+    saved = tok.truncation_side
+    tok.truncation_side = "left"
+    seqs = [tok(t, truncation=True, max_length=max_length, add_special_tokens=not templated)["input_ids"]
+            for t in texts]
+    tok.truncation_side = saved
+    groups = prefix_groups(seqs, batch_size, min_shared)
+    total = sum(len(x) for x in seqs)
+    saved_tokens = sum(cached * (len(members) - 1) for members, cached in groups if cached)
+    return {"model": model_label, "device": str(device), "records": len(requests), "inputs": len(inputs),
+            "input_tokens": total, "shared_token_share": _ratio(saved_tokens, total),
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "batched_s": b["seconds"], "shared_prefix_s": s["seconds"], "speedup": _ratio(b["seconds"], s["seconds"]),
+            "identical_outputs": same, "batched_peak_rss_mb": b["peak_rss_mb"],
+            "shared_prefix_peak_rss_mb": s["peak_rss_mb"], "batched_cuda_peak_mb": b["cuda_peak_mb"],
+            "shared_prefix_cuda_peak_mb": s["cuda_peak_mb"]}
+
+
 # ---------------------------------------------------------------------------------------
 # One model, and the tables
 # ---------------------------------------------------------------------------------------
 def run_model(model, tok, model_label: str, surgery_hparams, dinm_hparams, probe_sizes: Sequence[Optional[int]],
               safeedit_requests: Sequence[Dict[str, Any]], safeedit_n: int, dinm_instances: int,
               gen_prompts: Sequence[str], max_new_tokens: int = 20,
-              gen_batch_size: int = 16) -> Dict[str, List[Dict[str, Any]]]:
-    """All measurements for one loaded model: ``{"edit": rows, "dinm": rows, "generation": rows}``."""
+              gen_batch_size: int = 16, prefix_records: int = 0,
+              prefix_new_tokens: int = 12) -> Dict[str, List[Dict[str, Any]]]:
+    """All measurements for one loaded model: ``{"edit": rows, "dinm": rows, "generation": rows,
+    "safeedit_prefix": rows}``."""
+    out: Dict[str, List[Dict[str, Any]]] = {"edit": [], "dinm": [], "generation": [], "safeedit_prefix": []}
+    if prefix_records > 0 and safeedit_requests:
+        out["safeedit_prefix"].append(measure_safeedit_prefix(model, tok, list(safeedit_requests)[:prefix_records],
+                                                              model_label, prefix_new_tokens, gen_batch_size))
+    if not probe_sizes:
+        return out
     edit_rows = [measure_edit(model, tok, surgery_hparams, model_label, n) for n in probe_sizes]
     largest = max(edit_rows, key=lambda r: r["probe_pairs"])
-    out: Dict[str, List[Dict[str, Any]]] = {"edit": edit_rows, "dinm": [], "generation": []}
+    out["edit"] = edit_rows
     if dinm_hparams is not None and dinm_instances > 0 and safeedit_requests:
         out["dinm"].append(measure_dinm(model, tok, dinm_hparams, list(safeedit_requests)[:dinm_instances],
                                         model_label, safeedit_n, largest["edit_cold_s"], largest["probe_pairs"]))
@@ -233,7 +296,7 @@ def run_model(model, tok, model_label: str, surgery_hparams, dinm_hparams, probe
 
 
 def tables(results: Sequence[Dict[str, List[Dict[str, Any]]]]) -> Dict[str, pd.DataFrame]:
-    cols = {"edit": EDIT_COLUMNS, "dinm": DINM_COLUMNS, "generation": GEN_COLUMNS}
+    cols = {"edit": EDIT_COLUMNS, "dinm": DINM_COLUMNS, "generation": GEN_COLUMNS, "safeedit_prefix": PREFIX_COLUMNS}
     return {name: pd.DataFrame([row for r in results for row in r[name]], columns=c) for name, c in cols.items()}
 
 
@@ -251,7 +314,8 @@ def write_tables(frames: Dict[str, pd.DataFrame], out_dir, meta: Dict[str, Any])
         atomic_write_text(paths[name], frame.to_csv(index=False))
     titles = {"edit": "ModelSurgery edit: cold vs forward-only floor vs cached sweep step",
               "dinm": "DINM per SafeEdit instance vs one ModelSurgery edit per run",
-              "generation": "Greedy generation: batched vs one prompt at a time"}
+              "generation": "Greedy generation: batched vs one prompt at a time",
+              "safeedit_prefix": "SafeEdit evaluation: batched generation vs shared prompt prefixes computed once"}
     lines = ["# Compute cost", "", f"Command: `{meta.get('command', '')}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "command"]
     lines += ["", "Times in seconds (wall, `time.perf_counter`). CPU memory: peak process RSS sampled every "
@@ -286,6 +350,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--dinm-instances", type=int, default=3, help="DINM edits timed (mean reported)")
     ap.add_argument("--gen-prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--safeedit-prefix-records", type=int, default=0,
+                    help="SafeEdit records whose inputs time prefix sharing against batched generation (0: skip)")
+    ap.add_argument("--prefix-new-tokens", type=int, default=12, help="new tokens per SafeEdit input there")
+    ap.add_argument("--only-prefix", action="store_true", help="measure the SafeEdit prefix sharing alone")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: probe 20/50 pairs, 1 DINM, 4 prompts")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -299,7 +367,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from surgery_editor.models import load_model
 
     models = args.model or ["smollm2-135m"]
-    probe_sizes = args.probe_sizes or ([20, 50] if args.quick else [200, 1000])
+    probe_sizes = [] if args.only_prefix else (args.probe_sizes or ([20, 50] if args.quick else [200, 1000]))
     dinm_instances = 1 if args.quick else args.dinm_instances
     n_prompts = 4 if args.quick else args.gen_prompts
     max_new = 5 if args.quick else args.max_new_tokens
@@ -318,7 +386,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
         logger.info("%s loaded in %.1fs", name, time.perf_counter() - start)
         results.append(run_model(model, tok, name, hp, dhp, probe_sizes, [it["request"] for it in items],
-                                 safeedit_n, dinm_instances, prompts, max_new))
+                                 safeedit_n, dinm_instances, [] if args.only_prefix else prompts, max_new,
+                                 prefix_records=args.safeedit_prefix_records,
+                                 prefix_new_tokens=args.prefix_new_tokens))
         del model
         frames = tables(results)
         meta = {"command": "python -m benchmarks.perf " + " ".join(argv if argv is not None else sys.argv[1:]),

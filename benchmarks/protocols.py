@@ -22,7 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery_editor.data import load_table, resolve_data_dir
-from surgery_editor.evaluation import answer_token_accuracy, generate, ngram_entropy, sample, uses_chat
+from surgery_editor.evaluation import (answer_token_accuracy, generate, generate_shared_prefix, ngram_entropy, sample,
+                                       uses_chat)
 from surgery_editor.judges import TOXIC_THRESHOLD
 from surgery_editor.registry import lookup, register
 
@@ -371,6 +372,11 @@ class SafeEditConfig:
     path: str = "safeedit/SafeEdit_test_subset144.json"  # or the hub id zjunlp/SafeEdit
     split: str = "test"
     limit: Optional[int] = None
+    # compute prompt prefixes that inputs share (attack templates, chat header) once per group
+    # (evaluation.generate_shared_prefix: the same greedy tokens, fewer forward passes); the
+    # records of a method edited once are then evaluated ordered by attack prompt, in chunks of
+    # generation.batch_size records, so records with the same template share a chunk
+    share_prefix: bool = True
 
 
 def safeedit_request(record: Dict[str, Any], source: str = "SafeEdit", item: Any = "?") -> Dict[str, Any]:
@@ -468,7 +474,8 @@ class SafeEdit(Benchmark):
             names.append(safeedit_inputs(req))
             inputs += [f"{texts[k]} {suffix}".rstrip() if suffix else texts[k] for k in names[-1]]
         inputs, kw = self.method_inputs(ctx, inputs, "instruction")
-        outs = iter(generate(ctx.model, ctx.tok, inputs, batch_size=ctx.generation.batch_size, desc="safeedit", **kw))
+        run = generate_shared_prefix if self.cfg.share_prefix else generate
+        outs = iter(run(ctx.model, ctx.tok, inputs, batch_size=ctx.generation.batch_size, desc="safeedit", **kw))
         return [{k: next(outs) for k in keys} for keys in names]
 
     def _rows(self, ctx, items, responses, edit_seconds):
@@ -495,7 +502,12 @@ class SafeEdit(Benchmark):
         method = ctx.method
         suffix = method.eval_suffix()
         if not method.per_instance:
-            for chunk in self._chunks(items, max(1, ctx.generation.batch_size // len(SAFEEDIT_INPUTS)), "safeedit"):
+            if self.cfg.share_prefix:
+                items = sorted(items, key=lambda it: it["request"]["prompt"])
+                size = ctx.generation.batch_size
+            else:
+                size = max(1, ctx.generation.batch_size // len(SAFEEDIT_INPUTS))
+            for chunk in self._chunks(items, size, "safeedit"):
                 yield self._rows(ctx, chunk, self._responses(ctx, chunk, suffix), [0.0] * len(chunk))
             return
         for it in tqdm(items, desc=f"safeedit ({method.name} per instance)", leave=False):

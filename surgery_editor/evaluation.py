@@ -167,6 +167,115 @@ def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch
     return out  # type: ignore[return-value]
 
 
+def _cache_kwarg(model) -> str:
+    """The forward/generate keyword for a KV cache: ``cache`` (transformers >= 5.24) or
+    ``past_key_values`` (earlier)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefix_groups(seqs: Sequence[Sequence[int]], batch_size: int, min_shared: int) -> List[Tuple[List[int], int]]:
+    """Groups of at most ``batch_size`` token sequences that share their first ``cached`` tokens
+    (``cached >= min_shared`` and shorter than every member, so each has a token left to feed):
+    ``[(indices, cached), ...]``. Sequences sorted lexicographically sit next to those they share
+    most with; a sequence joins the open group while the group's shared prefix stays at least
+    ``min_shared`` tokens. Sequences that share too little come back as groups with ``cached = 0``."""
+    order = sorted(range(len(seqs)), key=lambda i: list(seqs[i]))
+    groups: List[Tuple[List[int], int]] = []
+    loners: List[int] = []
+
+    def close(members: List[int], cached: int) -> None:
+        if len(members) > 1 and cached >= min_shared:
+            groups.append((members, cached))
+        else:
+            loners.extend(members)
+
+    members: List[int] = []
+    cached = 0  # tokens every member shares, leaving each at least one token to feed
+    for i in order:
+        if members:
+            joint = min(cached, _shared_prefix(seqs[members[-1]], seqs[i]), len(seqs[i]) - 1)
+            if len(members) < batch_size and joint >= min_shared:
+                members.append(i)
+                cached = joint
+                continue
+            close(members, cached)
+        members, cached = [i], len(seqs[i]) - 1
+    if members:
+        close(members, cached)
+    loners.sort(key=lambda i: -len(seqs[i]))  # long first, as generate() batches them
+    groups += [(loners[k : k + batch_size], 0) for k in range(0, len(loners), batch_size)]
+    return groups
+
+
+@torch.inference_mode()
+def generate_shared_prefix(model, tok, prompts: Sequence[str], max_new_tokens: int = 20, batch_size: int = 32,
+                           chat: Union[bool, str] = False, max_length: int = 1024, desc: str = "generate",
+                           stop_strings: Optional[Sequence[str]] = None, system: Optional[str] = None,
+                           min_shared: int = 32) -> List[str]:
+    """:func:`generate` (greedy) that computes a prefix shared by several inputs once.
+
+    Inputs are tokenized as :func:`generate` does (template, left truncation to ``max_length``)
+    and grouped by :func:`prefix_groups`. Per group, the shared prefix runs through the model
+    once; its key/value cache is repeated for the group, and each member's remaining tokens
+    follow it, padded in the middle (masked, positions from the attention mask as generate
+    derives them), so the tokens every member attends to are exactly its own. Groups without
+    a shared prefix run as :func:`generate` batches. Greedy outputs match :func:`generate`'s
+    (tested; float rounding could in principle flip a near-tie)."""
+    texts, templated = format_prompts(tok, prompts, chat, system)
+    ensure_pad_token(tok)
+    saved = getattr(tok, "truncation_side", "right")
+    tok.truncation_side = "left"
+    try:
+        seqs = [tok(t, truncation=True, max_length=max_length, add_special_tokens=not templated)["input_ids"]
+                for t in texts]
+    finally:
+        tok.truncation_side = saved
+    device = model_device(model)
+    cache_kw = _cache_kwarg(model)
+    extra = {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}
+    out: List[Optional[str]] = [None] * len(texts)
+    groups = prefix_groups(seqs, batch_size, min_shared)
+    for members, cached in tqdm(groups, desc=desc, leave=False, disable=len(groups) <= 1):
+        if cached == 0:
+            with _LeftPadding(tok):
+                batch = _generate_batch(model, tok, [texts[i] for i in members], templated, max_length,
+                                        max_new_tokens, stop_strings, **_GREEDY)
+        else:
+            from transformers import DynamicCache
+
+            prefix = torch.tensor([seqs[members[0]][:cached]], device=device)
+            cache = DynamicCache(config=model.config)
+            model(input_ids=prefix, use_cache=True, **{cache_kw: cache})
+            cache.batch_repeat_interleave(len(members))
+            tails = [seqs[i][cached:] for i in members]
+            width = max(len(t) for t in tails)
+            ids = torch.full((len(members), cached + width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            ids[:, :cached] = prefix.cpu()
+            mask[:, :cached] = 1
+            for row, tail in enumerate(tails):
+                ids[row, cached + width - len(tail):] = torch.tensor(tail)
+                mask[row, cached + width - len(tail):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 num_beams=1, pad_token_id=tok.pad_token_id, use_cache=True, **{cache_kw: cache},
+                                 **_GREEDY, **extra)
+            decoded = tok.batch_decode(gen[:, cached + width:], skip_special_tokens=True)
+            batch = [cut_at_stop(t, stop_strings) for t in decoded]
+        for i, text in zip(members, batch):
+            out[i] = text
+    return out  # type: ignore[return-value]
+
+
 @torch.inference_mode()
 def sample(model, tok, prompt: str, num_samples: int = 25, max_new_tokens: int = 20, top_p: float = 0.9,
            temperature: float = 1.0, seed: int = 0, chat: Union[bool, str] = False, max_length: int = 1024,

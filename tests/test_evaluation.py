@@ -74,3 +74,33 @@ def test_batched_generation_equals_one_at_a_time(tiny_llama, tiny_tok):
 def test_perplexity_positive(tiny_llama, tiny_tok):
     ppl = ev.perplexity(tiny_llama, tiny_tok, ["you are kind", "nice day today"])
     assert 1.0 < ppl < 10 * len(tiny_tok)
+
+
+def test_prefix_groups_share_and_fall_back():
+    seqs = [[1, 2, 3, 4, 5], [9, 9], [1, 2, 3, 4, 6, 7], [1, 2, 3], [8, 1, 2, 3, 4], [1, 2, 3, 4, 5, 8]]
+    groups = ev.prefix_groups(seqs, batch_size=8, min_shared=3)
+    shared = {tuple(sorted(m)): c for m, c in groups if c}
+    # 0, 2, 5 share [1, 2, 3, 4]; 3 is [1, 2, 3] itself (it would leave 2 cached tokens, < min_shared)
+    assert shared == {(0, 2, 5): 4}
+    assert sorted(i for m, _ in groups for i in m) == list(range(6))  # each input exactly once
+    loners = [m for m, c in groups if c == 0]
+    assert all(len(m) <= 8 for m in loners)
+    # a batch limit splits the group
+    small = ev.prefix_groups(seqs, batch_size=2, min_shared=3)
+    assert all(len(m) <= 2 for m, _ in small)
+    assert sorted(i for m, _ in small for i in m) == list(range(6))
+
+
+def test_shared_prefix_generation_equals_batched_generation(tiny_tok):
+    from conftest import make_tiny
+
+    model = make_tiny("llama", vocab=len(tiny_tok), layers=2, max_positions=256)
+    head = "you are stupid and i hate you so very really dumb and ugly people are bad"
+    prompts = [f"{head} the cat is", f"{head} we love", f"{head}", "nice day", f"{head} they are kind and good",
+               "the sun is good", f"{head} the dog"]
+    base = ev.generate(model, tiny_tok, prompts, max_new_tokens=5, batch_size=4)
+    shared = ev.generate_shared_prefix(model, tiny_tok, prompts, max_new_tokens=5, batch_size=4, min_shared=4)
+    assert shared == base
+    assert tiny_tok.truncation_side == "right" and tiny_tok.padding_side == "right"  # restored
+    groups = ev.prefix_groups([tiny_tok(p)["input_ids"] for p in prompts], 4, 4)
+    assert any(c > 0 for _, c in groups)  # the test exercises the cache path

@@ -103,3 +103,14 @@ def test_measure_reports_a_transient_memory_peak(monkeypatch):
     result, st = perf.measure(step)
     assert result == "done"
     assert st["peak_rss_mb"] == 164.0 and st["rss_delta_mb"] == 64.0 and math.isnan(st["cuda_peak_mb"])
+
+
+def test_safeedit_prefix_table(tiny_tok):
+    model = make_tiny("llama", vocab=len(tiny_tok), layers=2, max_positions=256)
+    row = perf.measure_safeedit_prefix(model, tiny_tok, REQUESTS, "tiny", max_new_tokens=3, batch_size=4, min_shared=3)
+    assert row["records"] == 2 and row["inputs"] == 10  # DS + 4 DG inputs each
+    assert row["identical_outputs"] == 10
+    assert 0 < row["shared_token_share"] < 1  # the two records are the same text: a prefix is shared
+    assert row["batched_s"] > 0 and row["shared_prefix_s"] > 0 and math.isfinite(row["speedup"])
+    assert list(perf.tables([{"edit": [], "dinm": [], "generation": [], "safeedit_prefix": [row]}])
+                ["safeedit_prefix"].columns) == perf.PREFIX_COLUMNS
