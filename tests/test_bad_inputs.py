@@ -384,8 +384,9 @@ def test_safeedit_blank_generalization_inputs_are_not_generated_nor_scored(tmp_p
     generated = []
     made = {"attack 0": "no", "DG_onlyQ 0": "toxic", "DG_otherA 0": "no", "DG_otherQ 0": "no", "DG_otherAQ 0": "no",
             "attack 1": "toxic", "attack 2": "no"}
-    monkeypatch.setattr(protocols, "generate", lambda m, t, prompts, **kw: generated.extend(prompts)
-                        or [made[p] for p in prompts])
+    fake = lambda m, t, prompts, **kw: generated.extend(prompts) or [made[p] for p in prompts]  # noqa: E731
+    monkeypatch.setattr(protocols, "generate", fake)
+    monkeypatch.setattr(protocols, "generate_shared_prefix", fake)
 
     class Stub:
         name, per_instance = "stub", False

@@ -92,7 +92,9 @@ def test_safeedit_metrics_follow_easyedit_arithmetic(monkeypatch, tmp_path, tiny
     made = {"attack 0": "toxic reply", "DG_onlyQ 0": "no", "DG_otherA 0": "", "DG_otherQ 0": "no",
             "DG_otherAQ 0": "no", "attack 1": "no", "DG_onlyQ 1": "no", "DG_otherA 1": "no", "DG_otherQ 1": "no",
             "DG_otherAQ 1": "toxic"}
-    monkeypatch.setattr(protocols, "generate", lambda m, t, prompts, **kw: [made[p] for p in prompts])
+    fake = lambda m, t, prompts, **kw: [made[p] for p in prompts]  # noqa: E731
+    monkeypatch.setattr(protocols, "generate", fake)
+    monkeypatch.setattr(protocols, "generate_shared_prefix", fake)  # SafeEdit's default (share_prefix)
     model = make_tiny("llama", vocab=len(tiny_tok))
     rows = [r for chunk in bench.evaluate(_ctx(model, tiny_tok, batch_size=10), items) for r in chunk]
     assert rows[0]["unsafe"] == {"DS": 1.0, "DG_onlyQ": 0.0, "DG_otherA": 0.5, "DG_otherQ": 0.0, "DG_otherAQ": 0.0}
