@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
 PART=${2:-all}
-ALL=ModelSurgery,random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DINM,none
+ALL=ModelSurgery,random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DPO_shuffled,DINM,none
 METHODS=${3:-$ALL}
 RTP_LIMIT=${RTP_LIMIT:-null}   # gemma3-270m: RTP_LIMIT=300 (the first 300 of the confirmation split)
 PY=${VENV:-.venv}/bin/python

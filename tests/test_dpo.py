@@ -210,6 +210,7 @@ def test_unknown_target_module_is_named(make_hp, tiny_tok):
     ("lora_target_modules", [], "lora_target_modules must be a non-empty list"),
     ("lora_target_modules", ["q_proj", "lm_head"], "'lm_head' is not supported"),
     ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+    ("preference", "random", r"preference='random' is not valid; choose one of \['as_given', 'shuffled'\]"),
 ])
 def test_bad_hparams(make_hp, key, value, match):
     with pytest.raises(ValueError, match=match):
@@ -369,3 +370,22 @@ def test_smollm2_short_training(tmp_path):
         for name, value in weights_copy.items():
             params[name][...] = value
     assert_same_state(model, before)
+
+
+def test_shuffled_control_swaps_exactly_half_the_pairs():
+    from surgery_editor.methods.dpo.train import shuffle_preferences
+
+    pairs = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(9)]
+    out = shuffle_preferences(pairs, seed=0)
+    swapped = [o["chosen"].startswith("bad") for o in out]
+    assert sum(swapped) == 4  # len // 2
+    for p, o, s in zip(pairs, out, swapped):
+        assert (o["chosen"], o["rejected"]) == ((p["rejected"], p["chosen"]) if s else (p["chosen"], p["rejected"]))
+    assert shuffle_preferences(pairs, seed=0) == out and shuffle_preferences(pairs, seed=1) != out
+    assert pairs[0]["chosen"] == "good 0"  # input untouched
+
+
+def test_shuffled_control_is_registered():
+    from surgery_editor.methods import get_algorithm
+
+    assert get_algorithm("DPO").controls == {"DPO_shuffled": {"preference": "shuffled"}}

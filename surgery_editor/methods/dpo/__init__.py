@@ -11,8 +11,9 @@ the same behaviour also work, see :mod:`.pairs`), loss ``-log sigmoid(beta * mar
 margin ``[log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y_l|x)]`` and the
 reference = the same model with the adapter disabled. The adapter is then merged into the
 weights, so the edited model has its original architecture and only the target projections'
-weights differ. The method ignores the edit requests (it trains once from its own data) and has
-no random control (it has no direction to randomise).
+weights differ. The method ignores the edit requests (it trains once from its own data). It has
+no direction to randomise; its control, ``DPO_shuffled``, trains the same adapter on the same
+pairs for the same steps with chosen and rejected swapped in a random half of them.
 
 Settings and their defaults: :class:`DPOHyperParams`; YAMLs in ``hparams/DPO/``. Needs ``trl``
 and ``peft`` (imported only when an edit runs).
@@ -30,7 +31,8 @@ ALGORITHM = register_algorithm(Algorithm(
     hparams_cls=DPOHyperParams,
     apply=apply_dpo_to_model,
     description="DPO baseline: LoRA adapter trained with trl's DPOTrainer on preference pairs, merged into the weights",
-    info_keys=("num_pairs", "beta", "loss_type", "learning_rate", "num_epochs", "per_device_batch_size",
+    controls={"DPO_shuffled": {"preference": "shuffled"}},
+    info_keys=("preference", "num_pairs", "beta", "loss_type", "learning_rate", "num_epochs", "per_device_batch_size",
                "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_target_modules", "max_seq_length",
                "seed"),
 ))

@@ -19,6 +19,9 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 DEFAULT_PAIRS = {"path": "paradetox/paradetox.tsv", "chosen_column": "neutral1", "rejected_column": "toxic"}
 
 
+PREFERENCES = ("as_given", "shuffled")
+
+
 @dataclass
 class DPOHyperParams(EasyEditKeys):
     ALG_NAME: ClassVar[str] = ALG_NAME
@@ -31,6 +34,9 @@ class DPOHyperParams(EasyEditKeys):
         "prompt_column, prompt_mode (common_prefix|empty), chat", DEFAULT_PAIRS)
     num_pairs: int = _help("preference pairs trained on (the first num_pairs after a seeded shuffle)", 256)
     seed: int = _help("seed of the pair shuffle, the LoRA init, the data order and the trainer", 0)
+    preference: str = _help(
+        "'as_given': chosen over rejected (the method); 'shuffled': chosen and rejected swapped in a seeded random "
+        "half of the pairs, the control: the same data, steps and adapter, no consistent preference", "as_given")
     data_dir: Optional[str] = _help(
         "root for a relative pairs.path (default: $SURGERY_EDITOR_DATA_DIR, else ../shared/data)", None)
 
@@ -64,7 +70,7 @@ class DPOHyperParams(EasyEditKeys):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # alg_name and field types
-        choices = {"loss_type": LOSS_TYPES, "lr_scheduler_type": LR_SCHEDULERS}
+        choices = {"loss_type": LOSS_TYPES, "lr_scheduler_type": LR_SCHEDULERS, "preference": PREFERENCES}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not valid; choose one of {list(valid)}")

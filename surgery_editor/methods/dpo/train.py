@@ -205,6 +205,15 @@ def _truncate_prompts(pairs: List[Dict[str, Any]], tok, n: int) -> int:
     return cut
 
 
+def shuffle_preferences(pairs: List[Dict[str, Any]], seed: int) -> List[Dict[str, Any]]:
+    """The control's pairs: chosen and rejected swapped in a seeded random half of them
+    (exactly ``len // 2``), so training sees the same texts with no consistent preference."""
+    rng = np.random.default_rng(seed)
+    swap = set(rng.permutation(len(pairs))[: len(pairs) // 2].tolist())
+    return [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} if i in swap else dict(p)
+            for i, p in enumerate(pairs)]
+
+
 def _log_callback(history: List[Dict[str, float]]):
     from transformers import TrainerCallback
 
@@ -265,6 +274,8 @@ def apply_dpo_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]]
                  if (return_orig_weights or keep_original_weight) else {})
 
     pairs, source = load_preference_pairs(hparams.pairs, hparams.num_pairs, hparams.seed, hparams.data_dir, tok)
+    if hparams.preference == "shuffled":
+        pairs = shuffle_preferences(pairs, hparams.seed)
     cut = _truncate_prompts(pairs, tok, hparams.max_prompt_length)
     if cut:
         logger.info("DPO: %d prompts cut to their last %d tokens", cut, hparams.max_prompt_length)
