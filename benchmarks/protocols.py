@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 import numpy as np
 from tqdm.auto import tqdm
 
+from surgery_editor.activations import model_device
 from surgery_editor.data import load_table, resolve_data_dir
 from surgery_editor.evaluation import (answer_token_accuracy, generate, generate_shared_prefix, ngram_entropy, sample,
                                        uses_chat)
@@ -375,8 +376,10 @@ class SafeEditConfig:
     # compute prompt prefixes that inputs share (attack templates, chat header) once per group
     # (evaluation.generate_shared_prefix: the same greedy tokens, fewer forward passes); the
     # records of a method edited once are then evaluated ordered by attack prompt, in chunks of
-    # generation.batch_size records, so records with the same template share a chunk
-    share_prefix: bool = True
+    # generation.batch_size records, so records with the same template share a chunk. "auto":
+    # on a CPU (compute-bound: fewer tokens is faster), off on a GPU (wide batches are cheap
+    # there and the groups' extra calls cost more; benchmarks.perf measures both)
+    share_prefix: Any = "auto"
 
 
 def safeedit_request(record: Dict[str, Any], source: str = "SafeEdit", item: Any = "?") -> Dict[str, Any]:
@@ -465,6 +468,12 @@ class SafeEdit(Benchmark):
     def load_items(self):
         return load_safeedit(self.cfg.path, self.data_dir, self.cfg.split, self.cfg.limit)
 
+    def shares_prefix(self, model) -> bool:
+        value = self.cfg.share_prefix
+        if value not in (True, False, "auto"):
+            raise ValueError(f"benchmark.share_prefix must be true, false or auto, got {value!r}")
+        return model_device(model).type == "cpu" if value == "auto" else bool(value)
+
     def _responses(self, ctx, items, suffix: str) -> List[Dict[str, str]]:
         """Per item, ``{input name: response}`` for the inputs it has (:func:`safeedit_inputs`)."""
         inputs, names = [], []
@@ -474,7 +483,7 @@ class SafeEdit(Benchmark):
             names.append(safeedit_inputs(req))
             inputs += [f"{texts[k]} {suffix}".rstrip() if suffix else texts[k] for k in names[-1]]
         inputs, kw = self.method_inputs(ctx, inputs, "instruction")
-        run = generate_shared_prefix if self.cfg.share_prefix else generate
+        run = generate_shared_prefix if self.shares_prefix(ctx.model) else generate
         outs = iter(run(ctx.model, ctx.tok, inputs, batch_size=ctx.generation.batch_size, desc="safeedit", **kw))
         return [{k: next(outs) for k in keys} for keys in names]
 
@@ -502,7 +511,7 @@ class SafeEdit(Benchmark):
         method = ctx.method
         suffix = method.eval_suffix()
         if not method.per_instance:
-            if self.cfg.share_prefix:
+            if self.shares_prefix(ctx.model):
                 items = sorted(items, key=lambda it: it["request"]["prompt"])
                 size = ctx.generation.batch_size
             else:

@@ -395,3 +395,11 @@ def test_submitit_local_launcher_sweep(tmp_path, tiny_model_dir):
             for p in tmp_path.glob("sweep/*/metrics.json")}
     assert set(runs) == {"none", "random"} and all(r["n"] == 2 for r in runs.values())
     assert list(tmp_path.glob("sweep/.submitit/*/*_log.out"))  # the jobs ran under submitit
+
+
+def test_safeedit_share_prefix_setting(tiny_llama):
+    auto = get_benchmark_class("safeedit")({})
+    assert auto.shares_prefix(tiny_llama)  # a CPU model: on
+    assert not get_benchmark_class("safeedit")({"share_prefix": False}).shares_prefix(tiny_llama)
+    with pytest.raises(ValueError, match="share_prefix must be true, false or auto, got 'yes'"):
+        get_benchmark_class("safeedit")({"share_prefix": "yes"}).shares_prefix(tiny_llama)

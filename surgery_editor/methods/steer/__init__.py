@@ -112,9 +112,9 @@ def apply_steer_to_model(model: nn.Module, tok, requests: Any, hparams: SteerHyp
     weights_copy = originals(model, [name]) if keep_weights(return_orig_weights, keep_original_weight) else {}
     param = model.get_parameter(name)
     if hparams.layer == -1:
-        param.data += (v / arch.embed_scale(model, spec)).to(param.dtype).unsqueeze(0)
+        param.data += (v / arch.embed_scale(model, spec)).to(param.device, param.dtype).unsqueeze(0)
     else:
-        param.data += v.to(param.dtype)
+        param.data += v.to(param.device, param.dtype)
     info = kwargs.get("info")
     if isinstance(info, dict):
         info.update({"parameter": name, "vector_norm": float(v.norm())})
