@@ -46,6 +46,9 @@ case $MODEL in
     screen steer ppl method=steer hparams.layer=-1 hparams.scale=1,2,4,8
     sweep ProFS method=ProFS 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
+    # ModelSurgery, layer-wise variant (issue 11), ParaDetox probe data as chosen on SmolLM2
+    screen surgery rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.3,0.5,0.7
+    screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     ;;
   *) echo "tune.sh: no screens defined for $MODEL" >&2; exit 2 ;;
 esac
