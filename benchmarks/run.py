@@ -67,6 +67,9 @@ def _apply_scale(cfg: DictConfig):
             raise KeyError(f"scale {cfg.scale.name!r}: {cfg.benchmark.name}.{key} is neither a benchmark option "
                            f"({sorted(bench_cfg)}) nor a generation option ({sorted(gen_cfg)})")
         if target[key] is None:
+            if key == "limits" and isinstance(value, dict) and "tasks" in bench_cfg:
+                # a preset's per-task limits apply to the tasks this run lists, not to others
+                value = {task: n for task, n in value.items() if task in (bench_cfg["tasks"] or []) or task == "ppl"}
             target[key] = value
     return bench_cfg, gen_cfg
 

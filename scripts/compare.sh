@@ -4,8 +4,12 @@
 # 249 only, scripts/tune.sh), the held-out-text perplexity (lm-eval offline_ppl), SafeEdit and
 # ToxiGen at scale=cpu-small, then one report. Resumable; parts can run side by side.
 #
-#   bash scripts/compare.sh MODEL [rtp|ppl|safety|report|all] [METHODS]
+#   bash scripts/compare.sh MODEL [rtp|ppl|safety|general|report|all] [METHODS]
 #   e.g. OMP_NUM_THREADS=1 bash scripts/compare.sh smollm2-135m rtp none,prompt,DPO
+# A variant with its own settings: TAG names its run dirs (<method>-<TAG>_<benchmark>), EXTRA
+# holds its Hydra overrides, e.g. the confirmed layer-wise ModelSurgery and its controls:
+#   TAG=layerwise EXTRA="method.variant=layerwise hparams.alpha=0.5" \
+#     bash scripts/compare.sh smollm2-135m rtp ModelSurgery,random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
@@ -15,12 +19,18 @@ METHODS=${3:-$ALL}
 RTP_LIMIT=${RTP_LIMIT:-null}   # gemma3-270m: RTP_LIMIT=300 (the first 300 of the confirmation split)
 PY=${VENV:-.venv}/bin/python
 OUT=docs/results/compare/$MODEL
+TAG=${TAG:-}
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 run() {  # run PART-DIR overrides...
   local dir=$1; shift
-  "$PY" -m benchmarks.run -m model="$MODEL" method="$METHODS" "$@" hydra.sweep.dir="$OUT/$dir" \
-    hydra.sweep.subdir='${method.name}_${benchmark.name}'
+  "$PY" -m benchmarks.run -m model="$MODEL" method="$METHODS" "$@" "${EXTRA_ARGS[@]}" hydra.sweep.dir="$OUT/$dir" \
+    hydra.sweep.subdir='${method.name}'"${TAG:+-$TAG}"'_${benchmark.name}'
 }
 case $PART in rtp|all) run rtp benchmark=rtp benchmark.subset=confirm benchmark.limit="$RTP_LIMIT" ;; esac
 case $PART in ppl|all) run ppl benchmark=general 'benchmark.tasks=[]' ;; esac
 case $PART in safety|all) run safety scale=cpu-small benchmark=safeedit,toxigen ;; esac
+# capability: lm-eval's five offline multiple-choice tasks, 100 documents each (GSM8K left out:
+# these models score 0-2% on it, and it costs most of the time) + perplexity
+case $PART in general|all) run general benchmark=general scale=cpu-small \
+  'benchmark.tasks=[boolq,piqa,mmlu,commonsenseqa,openbookqa]' benchmark.limit_per_task=100 ;; esac
 case $PART in report|all) "$PY" -m benchmarks.report "$OUT" ;; esac

@@ -403,3 +403,12 @@ def test_safeedit_share_prefix_setting(tiny_llama):
     assert not get_benchmark_class("safeedit")({"share_prefix": False}).shares_prefix(tiny_llama)
     with pytest.raises(ValueError, match="share_prefix must be true, false or auto, got 'yes'"):
         get_benchmark_class("safeedit")({"share_prefix": "yes"}).shares_prefix(tiny_llama)
+
+
+def test_scale_limits_follow_the_listed_tasks():
+    from benchmarks.run import _apply_scale
+
+    bench, _ = _apply_scale(_compose("benchmark=general", "scale=cpu-small", "benchmark.tasks=[boolq,piqa]"))
+    assert bench["limits"] == {} and bench["limit_per_task"] == 200  # gsm8k's preset limit dropped
+    bench, _ = _apply_scale(_compose("benchmark=general", "scale=cpu-small"))
+    assert bench["limits"] == {"gsm8k": 50}
