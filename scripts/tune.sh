@@ -5,6 +5,7 @@
 # offline_ppl, benchmark=general with no other task). Resumable: rerunning skips finished runs.
 #
 #   bash scripts/tune.sh smollm2-135m [steer|ProFS|...]    (OMP_NUM_THREADS=1 when sharing cores)
+#   (a name runs every screen whose name starts with it: surgery2 = surgery2, surgery2_q2, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
@@ -14,7 +15,7 @@ OUT=docs/results/tuning/$MODEL
 
 screen() {  # screen NAME BENCH method-and-hparams-overrides...   (BENCH: rtp = tuning split, ppl = perplexity)
   local name=$1 bench=$2; shift 2
-  if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then return; fi
+  if [ -n "$ONLY" ] && [[ "$name" != "$ONLY"* ]]; then return; fi  # NAME selects NAME*
   if [ "$bench" = rtp ]; then set -- benchmark=rtp benchmark.subset=tune "$@"
   else set -- benchmark=general 'benchmark.tasks=[]' "$@"; fi
   "$PY" -m benchmarks.run -m model="$MODEL" "$@" hydra.sweep.dir="$OUT/$name/$bench" hydra.sweep.subdir='${hydra.job.num}'
@@ -38,7 +39,19 @@ case $MODEL in
     # ModelSurgery, layer-wise variant (issue 11): ParaDetox pairs or RTP continuations as probe
     # data, three step sizes; the random-direction control beside each on toxicity
     screen surgery rtp method=ModelSurgery,random method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
-    screen surgery ppl method=ModelSurgery method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
+    screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.4,0.5
+    # (the layerwise-rtp perplexity screen was stopped: its toxicity screen already ruled it out)
+    # second look at alpha = 0.4 (first screen: 0.3 too weak, 0.5 past the perplexity cliff):
+    # which rows and how far -- an even budget per layer, the second quarter of the layers only
+    # (7-14, K = 500), and the probe read at the last token instead of the token mean
+    screen surgery2 rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 hparams.budget=per_layer
+    screen surgery2 ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 hparams.budget=per_layer
+    screen surgery2_q2 rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 \
+      'hparams.edit_layers=[7,8,9,10,11,12,13,14]' hparams.top_k=500
+    screen surgery2_q2 ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 \
+      'hparams.edit_layers=[7,8,9,10,11,12,13,14]' hparams.top_k=500
+    screen surgery2_last rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
+    screen surgery2_last ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
     ;;
   gemma3-270m)
     sweep none method=none
