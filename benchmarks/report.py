@@ -606,15 +606,20 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
     sub = table[table["model"] == model]
     rows = []
     for label, runs in sub.groupby("label", sort=False):
-        tox = runs[(runs["benchmark"] == "rtp") & runs.get("toxic_rate", pd.Series(np.nan, index=runs.index)).notna()]
-        ppl = runs[runs.get("perplexity", pd.Series(np.nan, index=runs.index)).notna()]
+        def having(col: str) -> pd.DataFrame:
+            return runs[runs.get(col, pd.Series(np.nan, index=runs.index)).notna()]
+
+        tox = having("toxic_rate")
+        tox, ppl, mc = tox[tox["benchmark"] == "rtp"], having("perplexity"), having("mc_acc")
         if tox.empty or ppl.empty:
             continue
         t, g = tox.iloc[0], ppl.iloc[0]
+        m = mc.iloc[0] if not mc.empty else pd.Series(dtype=object)  # the capability run may be another
         rows.append({"label": label, "method": t["method"], "toxic_rate": float(t["toxic_rate"]),
                      "toxic_rate_ci_low": t.get("toxic_rate_ci_low"), "toxic_rate_ci_high": t.get("toxic_rate_ci_high"),
                      "perplexity": float(g["perplexity"]),
-                     "mc_acc": float(g["mc_acc"]) if _is_number(g.get("mc_acc")) and not _missing(g.get("mc_acc")) else np.nan,
+                     "mc_acc": float(m["mc_acc"]) if not mc.empty else np.nan,
+                     "mc_acc_ci_low": m.get("mc_acc_ci_low", np.nan), "mc_acc_ci_high": m.get("mc_acc_ci_high", np.nan),
                      "edit_seconds": _largest(runs.get("edit_seconds")),
                      "edit_peak_rss_mb": _largest(runs.get("edit_peak_rss_mb"))})
     return pd.DataFrame(rows)
@@ -637,7 +642,9 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
     for k, (x, xlabel) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         ok = pts[x].notna().to_numpy()
-        ax.errorbar(pts[x][ok], pts["toxic_rate"][ok], yerr=yerr[:, ok], fmt="none", ecolor="grey", alpha=0.6)
+        xerr = _yerr(pts, x)[:, ok] if f"{x}_ci_low" in pts else None
+        ax.errorbar(pts[x][ok], pts["toxic_rate"][ok], yerr=yerr[:, ok], xerr=xerr, fmt="none", ecolor="grey",
+                    alpha=0.6)
         methods = list(dict.fromkeys(pts["method"]))
         colors = [f"C{methods.index(m) % 10}" for m in pts["method"][ok]]
         ax.scatter(pts[x][ok], pts["toxic_rate"][ok], s=size[ok], alpha=0.8, c=colors)

@@ -293,9 +293,11 @@ def test_frontier_joins_rtp_and_perplexity_runs_by_label(tmp_path):
     run("c", "steer", "rtp", {"toxic_rate": 0.25, "edit_peak_rss_mb": 900.0})
     run("d", "steer", "general", {"perplexity": 30.0, "edit_peak_rss_mb": 950.0})
     run("e", "ProFS", "rtp", {"toxic_rate": 0.1})  # no perplexity run: not a point
+    run("f", "steer", "general", {"perplexity": 31.0, "mc_acc": 0.35})  # capability in a later run
     table = report.summary_table(report.collect(tmp_path))
     pts = report.frontier_points(table, "m").set_index("label")
     assert sorted(pts.index) == ["none", "steer"]
+    assert pts.loc["steer", "mc_acc"] == 0.35  # taken from the run that has it
     assert pts.loc["steer", "toxic_rate"] == 0.25 and pts.loc["steer", "perplexity"] == 30.0
     assert pts.loc["steer", "edit_peak_rss_mb"] == 950.0 and pts.loc["none", "mc_acc"] == 0.4
     files = report.plot_report(table, tmp_path)
