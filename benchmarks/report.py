@@ -243,15 +243,30 @@ def _hparam_agreement(a: pd.Series, b: pd.Series) -> int:
     return score
 
 
-def pick_reference(runs: pd.DataFrame, idx: Any, method: str) -> Optional[Any]:
+def _same_settings(a: pd.Series, b: pd.Series, fixed: Sequence[str]) -> bool:
+    """Whether ``b`` ran ``a``'s settings: the same hparams file (variant) and no shared
+    ``hp.*`` value that differs, except the keys in ``fixed`` (what the control changes)."""
+    if "hparams_file" in a.index and not _same(Path(str(a.get("hparams_file"))).name,
+                                                  Path(str(b.get("hparams_file"))).name):
+        return False
+    return all(_missing(a[c]) or _missing(b.get(c)) or a[c] == b[c]
+               for c in a.index if c.startswith("hp.") and c[3:] not in fixed)
+
+
+def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
+                   control_of: Optional[Sequence[str]] = None) -> Optional[Any]:
     """Index of the ``method`` run to pair run ``idx`` with: same model, benchmark, protocol and
     judge; among several, the same ``n``, then the most agreeing hparams (a random-direction
-    control of the same alpha), then the first (with a warning)."""
+    control of the same alpha), then the first (with a warning). With ``control_of`` (the keys a
+    control fixes, e.g. ``["edit_direction"]``), only a run of exactly ``idx``'s other settings
+    qualifies: a control of other settings is no control, so none is paired then."""
     run = runs.loc[idx]
     mask = runs["method"] == method
     for col in ("model", "benchmark", "protocol", "judge"):
         mask &= runs[col].map(lambda v, ref=run[col]: _same(v, ref))
     cand = runs[mask].drop(index=idx, errors="ignore")
+    if control_of is not None and not cand.empty:
+        cand = cand[cand.apply(lambda r: _same_settings(run, r, control_of), axis=1)]
     if cand.empty:
         return None
     if len(cand) > 1:
@@ -300,8 +315,8 @@ def compare(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) -> pd.
                                                against.index(run["method"]) < against.index(ref_method)):
                 continue
             if ref_method == CONTROL:  # the run's method's own control(s), the first that ran
-                j = next((j for c in controls.get(run["method"], []) if (j := pick_reference(runs, i, c)) is not None),
-                         None)
+                j = next((j for c, fixed in controls.get(run["method"], {}).items()
+                          if (j := pick_reference(runs, i, c, control_of=list(fixed))) is not None), None)
             else:
                 j = pick_reference(runs, i, ref_method)
             if j is None:
@@ -339,11 +354,12 @@ def _is_timing(col: str) -> bool:
     return re.search(r"(^|_)seconds(_|$)", col) is not None or col.endswith("_rss_mb")
 
 
-def _controls() -> Dict[str, List[str]]:
-    """Method name -> the names of its registered controls (``{"ModelSurgery": ["random"], ...}``)."""
+def _controls() -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Method name -> its registered controls and the settings each fixes
+    (``{"ModelSurgery": {"random": {"edit_direction": "random"}}, ...}``)."""
     from surgery_editor.methods import load_methods
 
-    return {name: list(algo.controls) for name, algo in load_methods().items()}
+    return {name: dict(algo.controls) for name, algo in load_methods().items()}
 
 
 def _is_number(v: Any) -> bool:

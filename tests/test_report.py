@@ -302,3 +302,24 @@ def test_frontier_joins_rtp_and_perplexity_runs_by_label(tmp_path):
     assert pts.loc["steer", "edit_peak_rss_mb"] == 950.0 and pts.loc["none", "mc_acc"] == 0.4
     files = report.plot_report(table, tmp_path)
     assert tmp_path / "frontier_m.png" in files and (tmp_path / "frontier_m.png").stat().st_size > 1000
+
+
+def test_control_is_paired_only_with_the_same_settings(tmp_path):
+    def run(name, method, alpha, hp_file="hparams/ModelSurgery/m.yaml"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "method": method, "label": name, "model": "m", "benchmark": "rtp", "protocol": "greedy", "judge": "j",
+            "n": 4, "hparams_file": hp_file, "toxic_rate": 0.5,
+            "hparams": {"alpha": alpha, "edit_direction": "random" if method == "random" else "probe"}}))
+
+    run("ms1", "ModelSurgery", 1.0)
+    run("ms2", "ModelSurgery", 2.0)
+    run("ms3", "ModelSurgery", 1.0, "hparams/ModelSurgery/m-layerwise.yaml")
+    run("rnd1", "random", 1.0)
+    runs = report.collect(tmp_path).set_index("label", drop=False)
+    pick = lambda label: report.pick_reference(runs, label, "random", control_of=["edit_direction"])  # noqa: E731
+    assert pick("ms1") == "rnd1"
+    assert pick("ms2") is None  # a control of another alpha is no control
+    assert pick("ms3") is None  # nor one of another variant (hparams file)
+    assert report.pick_reference(runs, "ms2", "random") == "rnd1"  # plain references stay lenient

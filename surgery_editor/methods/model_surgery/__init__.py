@@ -20,6 +20,6 @@ register_algorithm(Algorithm(
     per_instance=_per_instance,
     controls={"random": {"edit_direction": "random"}},
     exclusive=(("top_k", "top_k_fraction"),),
-    info_keys=("probe_source", "probe_layer", "probe_pooling", "top_k", "top_k_fraction", "alpha", "scoring",
-               "step", "select", "edit_direction", "edit_layers"),
+    info_keys=("probe_source", "probe_mode", "probe_layer", "probe_pooling", "top_k", "top_k_fraction", "alpha",
+               "scoring", "step", "budget", "select", "edit_direction", "edit_layers"),
 ))
