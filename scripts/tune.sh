@@ -64,6 +64,8 @@ case $MODEL in
     # ModelSurgery, layer-wise variant (issue 11), ParaDetox probe data as chosen on SmolLM2
     screen surgery rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.5,0.7
+    # (alpha = 0.7's perplexity was stopped: 0.3 had already doubled perplexity, 0.5 multiplied it by 7.5)
+    # (the ProFS and steering screens above were not run for Gemma in these sessions)
     ;;
   *) echo "tune.sh: no screens defined for $MODEL" >&2; exit 2 ;;
 esac
