@@ -344,7 +344,7 @@ def test_registered():
 
     algorithm = get_algorithm("DPO")
     assert algorithm.hparams_cls is DPOHyperParams and algorithm.apply is apply_dpo_to_model
-    assert not algorithm.controls and not algorithm.per_instance(None)
+    assert algorithm.controls == {"DPO_shuffled": {"preference": "shuffled"}} and not algorithm.per_instance(None)
     assert set(algorithm.info_keys) <= set(DPOHyperParams.field_names())
 
 
