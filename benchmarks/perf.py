@@ -237,7 +237,7 @@ def safeedit_generation_inputs(requests: Sequence[Dict[str, Any]]) -> List[str]:
 def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], model_label: str,
                             max_new_tokens: int = 12, batch_size: int = 16, max_length: int = 1024,
                             min_shared: int = 32) -> Dict[str, Any]:
-    from surgery_editor.evaluation import format_prompts, generate, generate_shared_prefix, prefix_groups
+    from surgery_editor.evaluation import generate, generate_shared_prefix, prefix_groups, tokenize_prompts
 
     device = _device(model)
     inputs = safeedit_generation_inputs(requests)
@@ -249,12 +249,7 @@ def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], mode
     if same < len(inputs):
         logger.warning("%s: prefix sharing changed %d of %d SafeEdit outputs", model_label, len(inputs) - same,
                        len(inputs))
-    texts, templated = format_prompts(tok, inputs, "auto")
-    saved = tok.truncation_side
-    tok.truncation_side = "left"
-    seqs = [tok(t, truncation=True, max_length=max_length, add_special_tokens=not templated)["input_ids"]
-            for t in texts]
-    tok.truncation_side = saved
+    _, _, seqs = tokenize_prompts(tok, inputs, "auto", max_length)
     groups = prefix_groups(seqs, batch_size, min_shared)
     total = sum(len(x) for x in seqs)
     saved_tokens = sum(cached * (len(members) - 1) for members, cached in groups if cached)

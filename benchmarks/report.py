@@ -625,8 +625,8 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
         def having(col: str) -> pd.DataFrame:
             return runs[runs.get(col, pd.Series(np.nan, index=runs.index)).notna()]
 
-        tox = having("toxic_rate")
-        tox, ppl, mc = tox[tox["benchmark"] == "rtp"], having("perplexity"), having("mc_acc")
+        tox = having("toxic_rate")[lambda f: f["benchmark"] == "rtp"]
+        ppl, mc = having("perplexity"), having("mc_acc")
         if tox.empty or ppl.empty:
             continue
         t, g = tox.iloc[0], ppl.iloc[0]

@@ -204,16 +204,18 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
 
 def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str, layers: Sequence[int], *,
                                 pooling: str, max_length: int, batch_size: int,
-                                cache_dir: Optional[str] = None, site: str = "block_out") -> dict:
+                                cache_dir: Optional[str] = None, site: str = "block_out",
+                                fingerprint: Optional[str] = None) -> dict:
     """:func:`pooled_block_outputs` for every block at once, read from / written to the
-    activation cache, so another layer choice, rank or scale costs no forward pass."""
+    activation cache, so another layer choice, rank or scale costs no forward pass
+    (``fingerprint``: the model's weights fingerprint when the caller has it already)."""
     from .architectures import num_layers
 
     ensure_pad_token(tok)
     cache = TensorCache("block_outputs", cache_dir)
     first = -1 if site == "block_out" else 0  # block outputs include the embeddings (-1)
     key = activation_key(model, tok, "all-blocks" if site == "block_out" else f"all-blocks:{site}", pooling,
-                         max_length, data_hash)
+                         max_length, data_hash, fingerprint)
     hit = cache.get(key)
     all_layers = list(range(first, num_layers(model)))
     if hit is None or hit[0]["features"].shape[1] != len(texts):

@@ -183,6 +183,22 @@ def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def tokenize_prompts(tok, prompts: Sequence[str], chat: Union[bool, str] = False, max_length: int = 1024,
+                     system: Optional[str] = None) -> Tuple[List[str], bool, List[List[int]]]:
+    """The inputs as :func:`generate` tokenizes them: ``(texts, templated, token ids)``, each
+    with the chat template where asked and its last ``max_length`` tokens."""
+    texts, templated = format_prompts(tok, prompts, chat, system)
+    ensure_pad_token(tok)
+    saved = getattr(tok, "truncation_side", "right")
+    tok.truncation_side = "left"
+    try:
+        seqs = [tok(t, truncation=True, max_length=max_length, add_special_tokens=not templated)["input_ids"]
+                for t in texts]
+    finally:
+        tok.truncation_side = saved
+    return texts, templated, seqs
+
+
 def prefix_groups(seqs: Sequence[Sequence[int]], batch_size: int, min_shared: int) -> List[Tuple[List[int], int]]:
     """Groups of at most ``batch_size`` token sequences that share their first ``cached`` tokens
     (``cached >= min_shared`` and shorter than every member, so each has a token left to feed):
@@ -231,15 +247,7 @@ def generate_shared_prefix(model, tok, prompts: Sequence[str], max_new_tokens: i
     derives them), so the tokens every member attends to are exactly its own. Groups without
     a shared prefix run as :func:`generate` batches. Greedy outputs match :func:`generate`'s
     (tested; float rounding could in principle flip a near-tie)."""
-    texts, templated = format_prompts(tok, prompts, chat, system)
-    ensure_pad_token(tok)
-    saved = getattr(tok, "truncation_side", "right")
-    tok.truncation_side = "left"
-    try:
-        seqs = [tok(t, truncation=True, max_length=max_length, add_special_tokens=not templated)["input_ids"]
-                for t in texts]
-    finally:
-        tok.truncation_side = saved
+    texts, templated, seqs = tokenize_prompts(tok, prompts, chat, max_length, system)
     device = model_device(model)
     cache_kw = _cache_kwarg(model)
     extra = {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}

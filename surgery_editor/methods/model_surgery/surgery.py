@@ -102,18 +102,17 @@ def request_direction(model: nn.Module, tok, requests: Sequence[Dict[str, Any]],
     return diff / norm * hparams.request_direction_norm
 
 
-def layer_directions(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
-                     layers: Sequence[int]) -> Tuple[Dict[int, torch.Tensor], Dict[str, Any]]:
+def layer_directions(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, layers: Sequence[int],
+                     fingerprint: Optional[str] = None) -> Tuple[Dict[int, torch.Tensor], Dict[str, Any]]:
     """``probe_mode: layerwise``: ``{layer: w_l}``, each read at the input of layer ``l``'s MLP
     (pooled per ``probe_pooling``, every layer from one cached forward pass over the probe
     texts): the class-1 mean minus the class-0 mean (``mean_difference``), or a linear probe's
     ``probe_direction`` (``probe``). Also returns per-layer probe accuracies (``probe``)."""
     data = load_probe_texts(hparams.probe_data, hparams.data_dir)
-    ensure_pad_token(tok)
     feats = cached_pooled_block_outputs(model, tok, data.texts, data.content_hash(), layers,
                                         pooling=hparams.probe_pooling, max_length=hparams.probe_max_length,
                                         batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir,
-                                        site="mlp_in")
+                                        site="mlp_in", fingerprint=fingerprint)
     labels = torch.from_numpy(data.labels)
     directions: Dict[int, torch.Tensor] = {}
     accuracy: Dict[int, float] = {}
@@ -174,15 +173,22 @@ def score_rows(model: nn.Module, spec: arch.ArchSpec, w: torch.Tensor, layers: S
     ``cosine``: ``-cos(g, w)`` (paper) or ``+cos`` for ``select: most_aligned``.
     ``norm_aware``: the same with ``g * gain_l`` and the residual-space direction.
     """
-    sign = -1.0 if hparams.select == "most_opposed" else 1.0
     direction = _scoring_direction(model, spec, w, hparams)
+    return _cosine_scores(model, spec, {layer: direction for layer in layers}, hparams)
+
+
+def _cosine_scores(model, spec, directions: Dict[int, torch.Tensor],
+                   hparams: ModelSurgeryHyperParams) -> Dict[int, torch.Tensor]:
+    """``{layer: sign * cos(row, directions[layer])}`` over the layer's gate rows (through the
+    layer's norm gain for ``norm_aware``); sign -1 for ``most_opposed``."""
+    sign = -1.0 if hparams.select == "most_opposed" else 1.0
     scores = {}
-    for layer in layers:
+    for layer, d in directions.items():
         rows = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)).detach(), spec).float()
-        d = direction.to(rows.device)
         if hparams.scoring == "norm_aware":
             rows = rows * arch.norm_gain(model, spec, layer).to(rows.device)
-        scores[layer] = (sign * torch.nn.functional.cosine_similarity(rows, d.unsqueeze(0), dim=1)).cpu()
+        scores[layer] = (sign * torch.nn.functional.cosine_similarity(
+            rows, d.float().to(rows.device).unsqueeze(0), dim=1)).cpu()
     return scores
 
 
@@ -267,18 +273,6 @@ def _check_rows_changed(selected: int, unchanged: int, alpha: float, dtype: torc
 
 
 @torch.no_grad()
-def _layerwise_scores(model, spec, directions: Dict[int, torch.Tensor],
-                      hparams: ModelSurgeryHyperParams) -> Dict[int, torch.Tensor]:
-    sign = -1.0 if hparams.select == "most_opposed" else 1.0
-    scores = {}
-    for layer, d in directions.items():
-        rows = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)).detach(), spec).float()
-        scores[layer] = (sign * torch.nn.functional.cosine_similarity(
-            rows, d.float().to(rows.device).unsqueeze(0), dim=1)).cpu()
-    return scores
-
-
-@torch.no_grad()
 def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurgeryHyperParams,
                 probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None,
                 directions: Optional[Dict[int, torch.Tensor]] = None) -> SurgeryPatch:
@@ -301,7 +295,7 @@ def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurge
         vectors = {layer: v for layer in layers}
     else:
         layers = candidate_layers(model, list(directions))
-        scores = _layerwise_scores(model, spec, directions, hparams)
+        scores = _cosine_scores(model, spec, directions, hparams)
         vectors = {layer: directions[layer].float().cpu() for layer in layers}
         if hparams.edit_direction == "random":
             vectors = {layer: _random_like(vectors[layer], gen) for layer in layers}
@@ -377,7 +371,7 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
             return _PATCH_CACHE[key]
         if hparams.probe_mode == "layerwise":
             layers = candidate_layers(model, hparams.edit_layers)
-            directions, info = layer_directions(model, tok, hparams, layers)
+            directions, info = layer_directions(model, tok, hparams, layers, fingerprint)
             patch = build_patch(model, None, hparams, directions=directions,
                                 metadata={"probe_source": "dataset", "probe_mode": "layerwise", "probe": info,
                                           "probe_data": hparams.probe_data})
