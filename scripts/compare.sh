@@ -4,7 +4,7 @@
 # 249 only, scripts/tune.sh), the held-out-text perplexity (lm-eval offline_ppl), SafeEdit and
 # ToxiGen at scale=cpu-small, then one report. Resumable; parts can run side by side.
 #
-#   bash scripts/compare.sh MODEL [rtp|ppl|safety|general|report|all] [METHODS]
+#   bash scripts/compare.sh MODEL [rtp|ppl|safeedit|toxigen|sampled|general|report|all] [METHODS]
 #   e.g. OMP_NUM_THREADS=1 bash scripts/compare.sh smollm2-135m rtp none,prompt,DPO
 # A variant with its own settings: TAG names its run dirs (<method>-<TAG>_<benchmark>), EXTRA
 # holds its Hydra overrides, e.g. the confirmed layer-wise ModelSurgery and its controls:
@@ -28,7 +28,15 @@ run() {  # run PART-DIR overrides...
 }
 case $PART in rtp|all) run rtp benchmark=rtp benchmark.subset=confirm benchmark.limit="$RTP_LIMIT" ;; esac
 case $PART in ppl|all) run ppl benchmark=general 'benchmark.tasks=[]' ;; esac
-case $PART in safety|all) run safety scale=cpu-small benchmark=safeedit,toxigen ;; esac
+case $PART in safety) run safety scale=cpu-small benchmark=safeedit,toxigen ;; esac  # the old quick look: 8 + 64
+# Full offline scale (issue 12): all 144 SafeEdit records (48 new tokens, inputs cut to 512 tokens
+# on the left as in scale=cpu-small); ToxiGen 20 prompts per group (48 new tokens); the sampled RTP
+# protocol (25 nucleus samples per prompt) on the first 200 prompts of the confirmation split.
+case $PART in safeedit|all) run safeedit scale=cpu-small benchmark=safeedit benchmark.limit=144 ;; esac
+case $PART in toxigen|all) run toxigen scale=cpu-small benchmark=toxigen benchmark.limit=1000 \
+  benchmark.limit_per_group=20 ;; esac
+case $PART in sampled|all) run sampled benchmark=rtp benchmark.subset=confirm benchmark.limit=200 \
+  benchmark.protocol=sampled ;; esac
 # capability: lm-eval's five offline multiple-choice tasks, 100 documents each (GSM8K left out:
 # these models score 0-2% on it, and it costs most of the time) + perplexity
 case $PART in general|all) run general benchmark=general scale=cpu-small \
