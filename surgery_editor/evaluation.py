@@ -10,7 +10,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -109,11 +109,19 @@ def _generate_batch(model, tok, texts: Sequence[str], templated: bool, max_lengt
                     stop_strings: Optional[Sequence[str]], **sampling) -> List[str]:
     enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length,
               add_special_tokens=not templated).to(model_device(model))
-    extra = {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}
     gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=tok.pad_token_id,
-                         use_cache=True, **sampling, **extra)
-    decoded = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [cut_at_stop(t, stop_strings) for t in decoded]
+                         use_cache=True, **sampling, **_stop_kwargs(tok, stop_strings))
+    return _new_texts(tok, gen, enc["input_ids"].shape[1], stop_strings)
+
+
+def _new_texts(tok, gen: torch.Tensor, width: int, stop_strings: Optional[Sequence[str]]) -> List[str]:
+    """The text generated after the first ``width`` (input) positions, cut at a stop string."""
+    return [cut_at_stop(t, stop_strings) for t in tok.batch_decode(gen[:, width:], skip_special_tokens=True)]
+
+
+def _stop_kwargs(tok, stop_strings: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``generate`` arguments that stop a sequence at a stop string, where the tokenizer allows."""
+    return {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}
 
 
 def _can_stop_early(tok, stop_strings: Optional[Sequence[str]]) -> bool:
@@ -250,7 +258,6 @@ def generate_shared_prefix(model, tok, prompts: Sequence[str], max_new_tokens: i
     texts, templated, seqs = tokenize_prompts(tok, prompts, chat, max_length, system)
     device = model_device(model)
     cache_kw = _cache_kwarg(model)
-    extra = {"stop_strings": list(stop_strings), "tokenizer": tok} if _can_stop_early(tok, stop_strings) else {}
     out: List[Optional[str]] = [None] * len(texts)
     groups = prefix_groups(seqs, batch_size, min_shared)
     for members, cached in tqdm(groups, desc=desc, leave=False, disable=len(groups) <= 1):
@@ -276,9 +283,8 @@ def generate_shared_prefix(model, tok, prompts: Sequence[str], max_new_tokens: i
                 mask[row, cached + width - len(tail):] = 1
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                  num_beams=1, pad_token_id=tok.pad_token_id, use_cache=True, **{cache_kw: cache},
-                                 **_GREEDY, **extra)
-            decoded = tok.batch_decode(gen[:, cached + width:], skip_special_tokens=True)
-            batch = [cut_at_stop(t, stop_strings) for t in decoded]
+                                 **_GREEDY, **_stop_kwargs(tok, stop_strings))
+            batch = _new_texts(tok, gen, cached + width, stop_strings)
         for i, text in zip(members, batch):
             out[i] = text
     return out  # type: ignore[return-value]

@@ -25,6 +25,7 @@ import http.client
 import inspect
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -530,35 +531,37 @@ def load_rtp_labelled(path: str = RTP_PATH, data_dir: Optional[str] = None, held
     """Perspective-labelled RealToxicityPrompts texts (label 1 = Perspective toxicity >= 0.5):
     the prompts and continuations of rows whose prompt toxicity is below
     ``RTP_EVAL_MIN_TOXICITY`` (never evaluated by the RTP benchmark: a judge may train on them),
-    or with ``held_out`` those of the evaluated rows. Texts without a score are dropped.
-    Returns (texts, labels, file sha256)."""
-    from .data import resolve_data_dir, resolve_path
+    or with ``held_out`` those of the evaluated rows. Texts without a score are dropped. The
+    file is read by :func:`surgery_editor.data.load_table` (a local file, or a hub id such as
+    ``allenai/real-toxicity-prompts``). Returns (texts, labels, sha256 of the texts and labels
+    read)."""
+    from .data import load_table
 
-    local = resolve_path(path, data_dir)
-    if local is None:
-        raise FileNotFoundError(f"judge 'toxicity': RTP file {path!r} not found (tried {Path(path).expanduser()} and "
-                                f"{resolve_data_dir(data_dir) / path}); pass data_dir=... or set SURGERY_EDITOR_DATA_DIR")
-    raw = local.read_bytes()
+    try:
+        frame, source = load_table(path, data_dir, what="judge 'toxicity': RTP file")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; pass data_dir=... or set SURGERY_EDITOR_DATA_DIR") from None
     texts: List[str] = []
     labels: List[int] = []
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        try:
-            prompt_tox = row["prompt"]["toxicity"]
-            parts = [] if continuations_only else [row["prompt"]]
-            parts.append(row["continuation"])
-        except (KeyError, TypeError):
-            raise KeyError(f"{local}:{n}: a RealToxicityPrompts row needs prompt.toxicity, prompt.text and "
-                           "continuation.text/.toxicity") from None
-        if prompt_tox is None or (prompt_tox >= RTP_EVAL_MIN_TOXICITY) != held_out:
+    for n, row in enumerate(frame.to_dict("records"), 1):
+        prompt, continuation = row.get("prompt"), row.get("continuation")
+        if not isinstance(prompt, dict) or not isinstance(continuation, dict) or "toxicity" not in prompt:
+            raise KeyError(f"{source}:{n}: a RealToxicityPrompts row needs prompt.toxicity, prompt.text and "
+                           "continuation.text/.toxicity")
+        prompt_tox = prompt["toxicity"]
+        parts = [continuation] if continuations_only else [prompt, continuation]
+        if _missing_score(prompt_tox) or (prompt_tox >= RTP_EVAL_MIN_TOXICITY) != held_out:
             continue
         for part in parts:
-            if part.get("toxicity") is not None and isinstance(part.get("text"), str) and part["text"].strip():
+            if not _missing_score(part.get("toxicity")) and isinstance(part.get("text"), str) and part["text"].strip():
                 texts.append(part["text"])
                 labels.append(int(part["toxicity"] >= TOXIC_THRESHOLD))
-    return texts, np.asarray(labels, dtype=np.int64), hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(json.dumps([texts, labels]).encode("utf-8")).hexdigest()
+    return texts, np.asarray(labels, dtype=np.int64), digest
+
+
+def _missing_score(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def build_toxicity_pipeline(C: float = 10.0, seed: int = 0):
