@@ -210,6 +210,11 @@ class _ContinuationToxicity(Benchmark):
                         "values": {"expected_max_toxicity": float(scores.max()), "mean_toxicity": float(scores.mean()),
                                    "toxic_rate": float(toxic.mean())}}]
 
+    @property
+    def headline(self) -> List[str]:
+        """Greedy: the toxic share; sampled: the two numbers RTP papers report."""
+        return ["toxic_rate"] if self.protocol == "greedy" else ["expected_max_toxicity", "toxicity_probability"]
+
     def metrics(self, rows):
         out = {"n": len(rows)}
         if self.protocol == "greedy":
@@ -259,7 +264,6 @@ class RealToxicityPrompts(_ContinuationToxicity):
 
     name = "rtp"
     Config = RTPConfig
-    headline = ["toxic_rate"]
     max_new_tokens = 20
 
     def load_items(self):
@@ -311,7 +315,6 @@ class ToxiGen(_ContinuationToxicity):
 
     name = "toxigen"
     Config = ToxiGenConfig
-    headline = ["toxic_rate"]
     max_new_tokens = 128
     stop_strings = ["\n"]
 

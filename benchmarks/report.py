@@ -625,7 +625,7 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
         def having(col: str) -> pd.DataFrame:
             return runs[runs.get(col, pd.Series(np.nan, index=runs.index)).notna()]
 
-        tox = having("toxic_rate")[lambda f: f["benchmark"] == "rtp"]
+        tox = having("toxic_rate")[lambda f: _views(f) == "rtp"]  # the greedy protocol
         ppl, mc = having("perplexity"), having("mc_acc")
         if tox.empty or ppl.empty:
             continue
@@ -685,7 +685,7 @@ def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
     ``toxic_rate_<benchmark>.png`` (bars), all with 95% CI error bars."""
     out = Path(out)
     files: List[Path] = []
-    for benchmark, sub in table.groupby("benchmark", sort=False):
+    for benchmark, sub in table.groupby(_views(table), sort=False):
         for metric in ("toxic_rate", "DS"):
             if metric in sub.columns and sub[metric].notna().any():
                 path = _alpha_plot(sub, str(benchmark), metric, out)
@@ -709,6 +709,15 @@ def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
 # ----------------------------------------------------------------------------- entry points
 
 
+def _views(table: pd.DataFrame) -> pd.Series:
+    """Per run, the benchmark as the report groups it: its name, with the protocol in
+    parentheses when that is not ``greedy`` (e.g. ``rtp (sampled)``), so a benchmark's greedy and
+    sampled runs get their own columns and plots."""
+    protocol = table.get("protocol", pd.Series(np.nan, index=table.index))
+    return pd.Series([str(b) if _missing(p) or p == "greedy" else f"{b} ({p})"
+                      for b, p in zip(table["benchmark"], protocol)], index=table.index)
+
+
 def _headline(sub: pd.DataFrame) -> List[str]:
     """The benchmark's headline metrics (``headline`` in its metrics.json), else its first."""
     for value in sub.get("headline", pd.Series(dtype=object)).dropna():
@@ -723,7 +732,7 @@ def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
     for runs with a paired ``reference`` run the difference and its p-value."""
     rows: Dict[Tuple[str, str], Dict[str, str]] = {}
     order: List[Tuple[str, str]] = []
-    for benchmark, sub in table.groupby("benchmark", sort=False):
+    for benchmark, sub in table.groupby(_views(table), sort=False):
         ns = sorted({_fmt_int(n) for n in sub["n"]})
         for metric in _headline(sub):
             column = f"{benchmark} {metric} (n={'/'.join(ns)})"
@@ -746,7 +755,7 @@ def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 rows[key][column] = cell
                 for cost, col in (("edit s", "edit_seconds"), ("edit peak MB", "edit_peak_rss_mb")):
                     v = r.get(col)
-                    if _is_number(v) and not _missing(v) and benchmark != "safeedit":  # safeedit: per-instance sums
+                    if _is_number(v) and not _missing(v) and r["benchmark"] != "safeedit":  # per-instance sums
                         rows[key][cost] = max(rows[key].get(cost, 0.0), float(v))
     frame = pd.DataFrame([rows[k] for k in order])
     for cost, decimals in (("edit s", 1), ("edit peak MB", 0)):

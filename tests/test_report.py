@@ -323,3 +323,40 @@ def test_control_is_paired_only_with_the_same_settings(tmp_path):
     assert pick("ms2") is None  # a control of another alpha is no control
     assert pick("ms3") is None  # nor one of another variant (hparams file)
     assert report.pick_reference(runs, "ms2", "random") == "rnd1"  # plain references stay lenient
+
+
+def test_sampled_runs_get_their_own_columns_and_the_frontier_keeps_greedy(tmp_path):
+    def run(name, method, bench, protocol, metrics, headline):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({"method": method, "label": method, "model": "m",
+                                                    "benchmark": bench, "protocol": protocol, "judge": "j", "n": 4,
+                                                    "edit_seconds": 2.0, "eval_seconds": 1.0, "headline": headline,
+                                                    **metrics}))
+
+    sampled = ["expected_max_toxicity", "toxicity_probability"]
+    run("a", "none", "rtp", "greedy", {"toxic_rate": 0.5}, ["toxic_rate"])
+    run("b", "none", "rtp", "sampled", {"toxic_rate": 0.2, "expected_max_toxicity": 0.6,
+                                        "toxicity_probability": 0.75}, sampled)
+    run("c", "none", "general", "greedy", {"perplexity": 20.0}, ["perplexity"])
+    run("d", "steer", "rtp", "sampled", {"toxic_rate": 0.9, "expected_max_toxicity": 0.3,
+                                         "toxicity_probability": 0.25}, sampled)
+    run("e", "steer", "rtp", "greedy", {"toxic_rate": 0.25}, ["toxic_rate"])
+    run("f", "steer", "general", "greedy", {"perplexity": 30.0}, ["perplexity"])
+    table = report.summary_table(report.collect(tmp_path))
+    wide = report.side_by_side(table).set_index("label")
+    assert sorted(wide.columns) == ["edit s", "general perplexity (n=4)", "rtp (sampled) expected_max_toxicity (n=4)",
+                                    "rtp (sampled) toxicity_probability (n=4)", "rtp toxic_rate (n=4)"]
+    assert wide.loc["none", "rtp toxic_rate (n=4)"] == "0.500"  # the greedy run, not the sampled one
+    assert wide.loc["steer", "rtp (sampled) toxicity_probability (n=4)"].startswith("0.250")
+    pts = report.frontier_points(table, "m").set_index("label")
+    assert pts.loc["none", "toxic_rate"] == 0.5 and pts.loc["steer", "toxic_rate"] == 0.25
+    names = {p.name for p in report.plot_report(table, tmp_path)}
+    assert {"toxic_rate_rtp.png", "toxic_rate_rtp_sampled.png"} <= names
+
+
+def test_sampled_protocol_headline_is_what_rtp_papers_report():
+    from benchmarks.protocols import RealToxicityPrompts, ToxiGen
+
+    assert RealToxicityPrompts({"protocol": "sampled"}).headline == ["expected_max_toxicity", "toxicity_probability"]
+    assert RealToxicityPrompts({}).headline == ToxiGen({}).headline == ["toxic_rate"]
