@@ -2,11 +2,12 @@
 
     python -m benchmarks.rejudge SRC --judge toxicity --out DST
 
-Every run under ``SRC`` (a folder with ``metrics.json``) of a continuation-toxicity benchmark
-(``rtp``, ``toxigen``) is copied to the same relative place under ``DST`` with each item's
-generations scored by ``--judge``: greedy rows get a new ``score``, ``flags.toxic_rate`` and
-``values.mean_toxicity``, sampled rows new ``scores`` and their per-prompt values, and
-``metrics.json`` is recomputed by the benchmark's own ``metrics`` with ``judge`` set to the new
+Every run under ``SRC`` (a folder with ``metrics.json``) of ``rtp``, ``toxigen`` or
+``safeedit`` is copied to the same relative place under ``DST`` with each item's generations
+scored by ``--judge``: greedy rows get a new ``score``, ``flags.toxic_rate`` and
+``values.mean_toxicity``, sampled rows new ``scores`` and their per-prompt values, SafeEdit rows
+new ``scores``, ``unsafe``, ``flags`` and ``DG_avg``, with ``fluency`` recomputed from the
+stored responses (``knowledge``, a log-likelihood measure, is kept); ``metrics.json`` is recomputed by the benchmark's own ``metrics`` with ``judge`` set to the new
 name (the rest, costs included, is kept). Other runs are skipped. ``python -m
 benchmarks.report DST`` then gives the same table under that judge, paired item by item.
 Files are written whole (temporary file and rename); a run already rejudged is skipped.
@@ -15,6 +16,7 @@ Files are written whole (temporary file and rename); a run already rejudged is s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.protocols import get_benchmark_class
+from benchmarks.protocols import get_benchmark_class, judged_safeedit_row
 from benchmarks.report import find_run_dirs
 from benchmarks.store import METRICS, RESULTS
 from surgery_editor.fileio import atomic_write
@@ -30,7 +32,7 @@ from surgery_editor.judges import TOXIC_THRESHOLD, get_judge
 
 logger = logging.getLogger(__name__)
 
-REJUDGEABLE = ("rtp", "toxigen")
+REJUDGEABLE = ("rtp", "toxigen", "safeedit")
 
 
 def rescore_rows(rows: List[Dict[str, Any]], judge) -> List[Dict[str, Any]]:
@@ -41,12 +43,16 @@ def rescore_rows(rows: List[Dict[str, Any]], judge) -> List[Dict[str, Any]]:
             texts.append(row["generation"])
         elif "generations" in row:
             texts.extend(row["generations"])
+        elif isinstance(row.get("responses"), dict):
+            texts.extend(row["responses"].values())
         else:
-            raise ValueError(f"item {row.get('key', i)!r} has no 'generation' or 'generations' to score")
+            raise ValueError(f"item {row.get('key', i)!r} has no 'generation', 'generations' or 'responses' to score")
     scores = iter(np.asarray(judge(texts), dtype=float).tolist())
     out = []
     for row in rows:
-        if "generation" in row:
+        if "responses" in row and "generation" not in row and "generations" not in row:  # SafeEdit
+            out.append(judged_safeedit_row(row, {k: next(scores) for k in row["responses"]}))
+        elif "generation" in row:
             s = next(scores)
             out.append({**row, "score": s, "flags": {**row.get("flags", {}), "toxic_rate": s >= TOXIC_THRESHOLD},
                         "values": {**row.get("values", {}), "mean_toxicity": s}})
@@ -62,13 +68,14 @@ def rescore_rows(rows: List[Dict[str, Any]], judge) -> List[Dict[str, Any]]:
 
 def _benchmark_metrics(name: str, protocol: Optional[str], rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     cls = get_benchmark_class(name)
-    bench = cls({"protocol": protocol} if protocol else {})  # the metrics depend on the protocol alone
+    has_protocol = "protocol" in {f.name for f in dataclasses.fields(cls.Config)}
+    bench = cls({"protocol": protocol} if protocol and has_protocol else {})  # metrics depend on the protocol alone
     return bench.metrics(rows)
 
 
 def rejudge_run(src: Path, dst: Path, judge, judge_name: str) -> bool:
-    """Rejudge one run dir into ``dst``; False (and nothing written) when it is not a
-    continuation-toxicity run."""
+    """Rejudge one run dir into ``dst``; False (and nothing written) when its benchmark is not
+    one of :data:`REJUDGEABLE`."""
     metrics = json.loads((src / METRICS).read_text())
     if metrics.get("benchmark") not in REJUDGEABLE:
         return False
@@ -104,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = sum(rejudge_run(run, out / run.relative_to(src_root), judge, args.judge) for run in runs)
     logger.info("rejudged %d of %d runs with %s into %s", done, len(runs), args.judge, out)
     if not done:
-        raise SystemExit(f"no rtp/toxigen run under {src_root} to rejudge")
+        raise SystemExit(f"no {'/'.join(REJUDGEABLE)} run under {src_root} to rejudge")
     return 0
 
 

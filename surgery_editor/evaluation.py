@@ -355,16 +355,16 @@ def repetition_rate(texts: Sequence[str], n: int = 4) -> float:
 
 def _word_tokenize(text: str) -> List[str]:
     """NLTK's word tokenizer (what EasyEdit's ``n_gram_entropy`` uses) without its sentence
-    splitter, which needs the downloadable punkt model; whitespace split without NLTK."""
+    splitter, which needs the downloadable punkt model. No fallback: another tokenizer gives
+    other fluency numbers (whitespace tokens score about 0.2 bits lower on SafeEdit answers)."""
     global _NLTK_WORDS
     if _NLTK_WORDS is None:
         try:
             from nltk.tokenize import NLTKWordTokenizer
-
-            _NLTK_WORDS = NLTKWordTokenizer().tokenize
-        except ImportError:
-            logger.warning("nltk is not installed: n-gram entropy uses whitespace tokens")
-            _NLTK_WORDS = str.split
+        except ImportError as err:
+            raise ImportError("fluency (n-gram entropy) needs NLTK's word tokenizer, as EasyEdit's n_gram_entropy "
+                              "uses it: pip install nltk (a dependency of surgery_editor)") from err
+        _NLTK_WORDS = NLTKWordTokenizer().tokenize
     return _NLTK_WORDS(text)
 
 

@@ -39,17 +39,37 @@ def test_rejudge_run_recomputes_metrics_and_skips_other_benchmarks(tmp_path):
     rows = [{"key": str(i), "prompt": "p", "generation": "x" * (3 * i), "score": 0.0, "flags": {"toxic_rate": False},
              "values": {"mean_toxicity": 0.0}} for i in range(4)]  # lengths 0, 3, 6, 9 -> 0, .3, .6, .9
     src = _run(tmp_path / "src", "none_rtp", "rtp", rows, toxic_rate=0.0, protocol="greedy")
-    other = _run(tmp_path / "src", "none_safeedit", "safeedit", [{"key": "1"}])
+    other = _run(tmp_path / "src", "none_general", "general", [{"key": "1"}])
     assert rejudge_run(src, tmp_path / "dst" / "none_rtp", length_judge, "length")
     metrics = json.loads((tmp_path / "dst" / "none_rtp" / "metrics.json").read_text())
     assert metrics["judge"] == "length" and metrics["toxic_rate"] == pytest.approx(0.5)
     assert metrics["mean_toxicity"] == pytest.approx(0.45) and metrics["edit_seconds"] == 1.5
-    assert not rejudge_run(other, tmp_path / "dst" / "none_safeedit", length_judge, "length")
-    assert not (tmp_path / "dst" / "none_safeedit").exists()
+    assert not rejudge_run(other, tmp_path / "dst" / "none_general", length_judge, "length")
+    assert not (tmp_path / "dst" / "none_general").exists()
 
 
 def test_rejudge_cli_refuses_same_folder_and_empty_source(tmp_path):
     with pytest.raises(SystemExit, match="must differ"):
         main([str(tmp_path), "--judge", "profanity", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="no rtp/toxigen run"):
+    with pytest.raises(SystemExit, match="no rtp/toxigen/safeedit run"):
         main([str(tmp_path), "--judge", "profanity", "--out", str(tmp_path / "out")])
+
+
+def test_safeedit_rows_rescored_with_fluency_recomputed_and_knowledge_kept(tmp_path):
+    from surgery_editor.evaluation import ngram_entropy
+
+    responses = {"DS": "no no no", "DG_onlyQ": "I will not help with that at all", "DG_otherA": "",
+                 "DG_otherQ": "sure", "DG_otherAQ": "ok then"}  # lengths 8, 32, 0, 4, 7
+    row = {"key": "7", "responses": responses, "scores": {}, "unsafe": {}, "flags": {},
+           "values": {"knowledge": 0.25, "DG_avg": 0.0, "fluency": 99.0}, "edit_seconds": 0.0}
+    (out,) = rescore_rows([row], length_judge)  # unsafe where len >= 5
+    assert out["unsafe"] == {"DS": 1.0, "DG_onlyQ": 1.0, "DG_otherA": 0.5, "DG_otherQ": 0.0, "DG_otherAQ": 1.0}
+    assert out["flags"] == {"DS": False, "DG_onlyQ": False, "DG_otherA": False, "DG_otherQ": True,
+                            "DG_otherAQ": False}
+    assert out["values"]["DG_avg"] == pytest.approx(0.25) and out["values"]["knowledge"] == 0.25
+    assert out["values"]["fluency"] == pytest.approx(ngram_entropy(list(responses.values()))) != 99.0
+    src = _run(tmp_path / "src", "none_safeedit", "safeedit", [row], DS=100.0, protocol="greedy")
+    assert rejudge_run(src, tmp_path / "dst" / "none_safeedit", length_judge, "length")
+    metrics = json.loads((tmp_path / "dst" / "none_safeedit" / "metrics.json").read_text())
+    assert metrics["DS"] == 0.0 and metrics["DG_otherQ"] == 100.0 and metrics["DG_otherA"] == 50.0
+    assert metrics["knowledge"] == 0.25 and metrics["judge"] == "length"
