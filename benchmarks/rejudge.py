@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.protocols import get_benchmark_class, judged_safeedit_row
 from benchmarks.report import find_run_dirs
 from benchmarks.store import METRICS, RESULTS
-from surgery_editor.fileio import atomic_write
+from surgery_editor.fileio import atomic_write, jsonl_lines
 from surgery_editor.judges import TOXIC_THRESHOLD, get_judge
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def rejudge_run(src: Path, dst: Path, judge, judge_name: str) -> bool:
     if (dst / METRICS).exists() and json.loads((dst / METRICS).read_text()).get("judge") == judge_name:
         logger.info("%s: already rejudged with %s", dst, judge_name)
         return True
-    rows = [json.loads(line) for line in (src / RESULTS).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in jsonl_lines(src / RESULTS) if line.strip()]
     rows = rescore_rows(rows, judge)
     new = {**metrics, **_benchmark_metrics(metrics["benchmark"], metrics.get("protocol"), rows),
            "judge": judge_name, "rejudged_from": str(src)}

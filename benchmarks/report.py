@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.stats import mean_interval, paired_test, wilson_interval
-from surgery_editor.fileio import atomic_write
+from surgery_editor.fileio import atomic_write, jsonl_lines
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def load_items(run_dir: PathLike) -> RunItems:
     if not path.is_file():
         logger.warning("%s: no results.jsonl, so no intervals or paired tests for this run", run_dir)
         return RunItems()
-    lines = path.read_text().splitlines()
+    lines = jsonl_lines(path)
     records: Dict[str, Dict] = {}
     repeated = 0
     for lineno, line in enumerate(lines, 1):

@@ -27,7 +27,7 @@ import pandas as pd
 
 from surgery_editor import ModelSurgeryHyperParams, load_model
 from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
-from surgery_editor.fileio import atomic_write
+from surgery_editor.fileio import atomic_write, jsonl_lines
 from surgery_editor.judges import get_judge
 from surgery_editor.methods.model_surgery.surgery import compute_patch
 
@@ -82,7 +82,9 @@ def _read(path: Path) -> List[Dict]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in jsonl_lines(path):
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a crash is redone

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
 PathLike = Union[str, Path]
 
@@ -63,3 +63,10 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def jsonl_lines(path: PathLike) -> List[str]:
+    """The lines of a UTF-8 JSON-lines file, split at ``\\n`` only. ``str.splitlines`` also
+    splits at U+2028, U+0085 and other separators, which ``json.dumps(..., ensure_ascii=False)``
+    leaves raw inside strings (a generated text can hold them), and would cut such a record in two."""
+    return Path(path).read_text(encoding="utf-8").split("\n")

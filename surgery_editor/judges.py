@@ -424,7 +424,7 @@ def load_safety_data(path: str = SAFETY_DATA_PATH, data_dir: Optional[str] = Non
     carry (labelled jailbroken), are dropped."""
     local = _safety_file(path, data_dir)
     raw = local.read_bytes()
-    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in raw.decode("utf-8").split("\n") if line.strip()]  # not splitlines: U+2028
     missing = [f for f in ("response", "jailbroken") if rows and f not in rows[0]]
     if missing or not rows:
         fields = sorted(rows[0]) if rows else []

@@ -73,3 +73,15 @@ def test_safeedit_rows_rescored_with_fluency_recomputed_and_knowledge_kept(tmp_p
     metrics = json.loads((tmp_path / "dst" / "none_safeedit" / "metrics.json").read_text())
     assert metrics["DS"] == 0.0 and metrics["DG_otherQ"] == 100.0 and metrics["DG_otherA"] == 50.0
     assert metrics["knowledge"] == 0.25 and metrics["judge"] == "length"
+
+
+def test_rejudge_reads_generations_holding_unicode_line_separators(tmp_path):
+    rows = [{"key": "0", "generation": "ab\u2028cd\x85efghij", "score": 0.0, "flags": {}, "values": {}},
+            {"key": "1", "generation": "a", "score": 0.0, "flags": {}, "values": {}}]
+    d = tmp_path / "src" / "none_rtp"
+    d.mkdir(parents=True)
+    (d / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (d / "metrics.json").write_text(json.dumps({"method": "none", "model": "m", "benchmark": "rtp", "protocol": "greedy"}))
+    assert rejudge_run(d, tmp_path / "dst", length_judge, "length")
+    metrics = json.loads((tmp_path / "dst" / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["toxic_rate"] == 0.5

@@ -360,3 +360,16 @@ def test_sampled_protocol_headline_is_what_rtp_papers_report():
 
     assert RealToxicityPrompts({"protocol": "sampled"}).headline == ["expected_max_toxicity", "toxicity_probability"]
     assert RealToxicityPrompts({}).headline == ToxiGen({}).headline == ["toxic_rate"]
+
+
+def test_generations_holding_unicode_line_separators_are_read_whole(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 / U+0085 raw; str.splitlines would cut the record
+    items = _rtp_items({"k00"}, KEYS[:3])
+    items[0]["generation"] = "one\u2028two\x85three"
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in items),
+                                     encoding="utf-8")
+    run = report.load_items(d)
+    kind, values = run.metrics["toxic_rate"]
+    assert run.keys == frozenset(KEYS[:3]) and kind == "flags" and values["k00"] == 1.0 and values["k01"] == 0.0
