@@ -16,7 +16,7 @@ MODEL=${1:-smollm2-135m}
 PART=${2:-all}
 ALL=ModelSurgery,random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DPO_shuffled,DINM,none
 METHODS=${3:-$ALL}
-RTP_LIMIT=${RTP_LIMIT:-null}   # gemma3-270m: RTP_LIMIT=300 (the first 300 of the confirmation split)
+RTP_LIMIT=${RTP_LIMIT:-null}   # null = all 1,000 confirmation prompts; e.g. RTP_LIMIT=300 for a quicker look
 PY=${VENV:-.venv}/bin/python
 OUT=docs/results/compare/$MODEL
 TAG=${TAG:-}
