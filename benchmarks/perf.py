@@ -25,6 +25,11 @@ All in one process, on the same model and data:
    through :func:`~surgery_editor.evaluation.generate_shared_prefix` (shared prompt prefixes
    computed once), same batch size and new tokens; seconds, ratio, the share of input
    tokens that are a prefix shared within a group, and how many outputs are token-identical.
+5. **Sampled generation** (``sampling.csv``): the RealToxicityPrompts sampled protocol
+   (:func:`~surgery_editor.evaluation.sample`: 25 nucleus samples per prompt, top-p 0.9) on
+   ``--sampled-prompts`` prompts, with transformers' ``TopPLogitsWarper`` (a sort of the whole
+   vocabulary per step) and with :class:`~surgery_editor.sampling.NucleusWarper` (no full
+   sort); seconds, ratio and how many of the sampled texts are identical.
 
 Peak memory on CPU: a thread samples the process RSS (psutil) every 5 ms during each
 measured step; ``*_peak_rss_mb`` is that step's peak RSS and ``*_rss_delta_mb`` the peak
@@ -68,6 +73,9 @@ GEN_COLUMNS = ["model", "device", "prompts", "max_new_tokens", "new_tokens", "ba
                "batched_s", "single_s", "batched_tok_per_s", "single_tok_per_s", "batched_speedup",
                "batched_peak_rss_mb", "single_peak_rss_mb", "batched_cuda_peak_mb", "single_cuda_peak_mb",
                "identical_outputs"]
+SAMPLING_COLUMNS = ["model", "device", "vocab", "prompts", "samples_per_prompt", "max_new_tokens", "sort_s",
+                    "sort_free_s", "speedup", "identical_texts", "texts", "sort_peak_rss_mb",
+                    "sort_free_peak_rss_mb", "sort_cuda_peak_mb", "sort_free_cuda_peak_mb"]
 PREFIX_COLUMNS = ["model", "device", "records", "inputs", "input_tokens", "shared_token_share", "max_new_tokens",
                   "batch_size", "batched_s", "shared_prefix_s", "speedup", "identical_outputs",
                   "batched_peak_rss_mb", "shared_prefix_peak_rss_mb", "batched_cuda_peak_mb",
@@ -262,6 +270,29 @@ def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], mode
             "shared_prefix_cuda_peak_mb": s["cuda_peak_mb"]}
 
 
+def measure_sampling(model, tok, prompts: Sequence[str], model_label: str, num_samples: int = 25,
+                     max_new_tokens: int = 20) -> Dict[str, Any]:
+    """The sampled RTP protocol with and without the full-vocabulary sort (same seeds)."""
+    from surgery_editor.evaluation import sample
+
+    device = _device(model)
+    kw = dict(num_samples=num_samples, max_new_tokens=max_new_tokens)
+    sample(model, tok, prompts[0], num_samples=2, max_new_tokens=2)  # warm-up
+    slow, a = measure(lambda: [sample(model, tok, p, sort_free=False, **kw) for p in prompts], device)
+    fast, b = measure(lambda: [sample(model, tok, p, sort_free=True, **kw) for p in prompts], device)
+    pairs = [(x, y) for xs, ys in zip(slow, fast) for x, y in zip(xs, ys)]
+    same = sum(x == y for x, y in pairs)
+    if same < len(pairs):
+        logger.warning("%s: the sort-free nucleus changed %d of %d sampled texts", model_label, len(pairs) - same,
+                       len(pairs))
+    return {"model": model_label, "device": str(device), "vocab": int(model.get_output_embeddings().weight.shape[0]),
+            "prompts": len(prompts), "samples_per_prompt": num_samples, "max_new_tokens": max_new_tokens,
+            "sort_s": a["seconds"], "sort_free_s": b["seconds"], "speedup": _ratio(a["seconds"], b["seconds"]),
+            "identical_texts": same, "texts": len(pairs), "sort_peak_rss_mb": a["peak_rss_mb"],
+            "sort_free_peak_rss_mb": b["peak_rss_mb"], "sort_cuda_peak_mb": a["cuda_peak_mb"],
+            "sort_free_cuda_peak_mb": b["cuda_peak_mb"]}
+
+
 # ---------------------------------------------------------------------------------------
 # One model, and the tables
 # ---------------------------------------------------------------------------------------
@@ -269,10 +300,13 @@ def run_model(model, tok, model_label: str, surgery_hparams, dinm_hparams, probe
               safeedit_requests: Sequence[Dict[str, Any]], safeedit_n: int, dinm_instances: int,
               gen_prompts: Sequence[str], max_new_tokens: int = 20,
               gen_batch_size: int = 16, prefix_records: int = 0,
-              prefix_new_tokens: int = 12) -> Dict[str, List[Dict[str, Any]]]:
+              prefix_new_tokens: int = 12, sampled_prompts: Sequence[str] = ()) -> Dict[str, List[Dict[str, Any]]]:
     """All measurements for one loaded model: ``{"edit": rows, "dinm": rows, "generation": rows,
-    "safeedit_prefix": rows}``."""
-    out: Dict[str, List[Dict[str, Any]]] = {"edit": [], "dinm": [], "generation": [], "safeedit_prefix": []}
+    "safeedit_prefix": rows, "sampling": rows}``."""
+    out: Dict[str, List[Dict[str, Any]]] = {"edit": [], "dinm": [], "generation": [], "safeedit_prefix": [],
+                                            "sampling": []}
+    if sampled_prompts:
+        out["sampling"].append(measure_sampling(model, tok, list(sampled_prompts), model_label))
     if prefix_records > 0 and safeedit_requests:
         out["safeedit_prefix"].append(measure_safeedit_prefix(model, tok, list(safeedit_requests)[:prefix_records],
                                                               model_label, prefix_new_tokens, gen_batch_size))
@@ -291,8 +325,10 @@ def run_model(model, tok, model_label: str, surgery_hparams, dinm_hparams, probe
 
 
 def tables(results: Sequence[Dict[str, List[Dict[str, Any]]]]) -> Dict[str, pd.DataFrame]:
-    cols = {"edit": EDIT_COLUMNS, "dinm": DINM_COLUMNS, "generation": GEN_COLUMNS, "safeedit_prefix": PREFIX_COLUMNS}
-    return {name: pd.DataFrame([row for r in results for row in r[name]], columns=c) for name, c in cols.items()}
+    cols = {"edit": EDIT_COLUMNS, "dinm": DINM_COLUMNS, "generation": GEN_COLUMNS, "safeedit_prefix": PREFIX_COLUMNS,
+            "sampling": SAMPLING_COLUMNS}
+    return {name: pd.DataFrame([row for r in results for row in r.get(name, [])], columns=c)
+            for name, c in cols.items()}
 
 
 def _fmt(frame: pd.DataFrame) -> str:
@@ -310,7 +346,8 @@ def write_tables(frames: Dict[str, pd.DataFrame], out_dir, meta: Dict[str, Any])
     titles = {"edit": "ModelSurgery edit: cold vs forward-only floor vs cached sweep step",
               "dinm": "DINM per SafeEdit instance vs one ModelSurgery edit per run",
               "generation": "Greedy generation: batched vs one prompt at a time",
-              "safeedit_prefix": "SafeEdit evaluation: batched generation vs shared prompt prefixes computed once"}
+              "safeedit_prefix": "SafeEdit evaluation: batched generation vs shared prompt prefixes computed once",
+              "sampling": "Sampled RTP protocol: full-vocabulary sort (transformers) vs sort-free nucleus"}
     lines = ["# Compute cost", "", f"Command: `{meta.get('command', '')}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "command"]
     lines += ["", "Times in seconds (wall, `time.perf_counter`). CPU memory: peak process RSS sampled every "
@@ -349,6 +386,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="SafeEdit records whose inputs time prefix sharing against batched generation (0: skip)")
     ap.add_argument("--prefix-new-tokens", type=int, default=12, help="new tokens per SafeEdit input there")
     ap.add_argument("--only-prefix", action="store_true", help="measure the SafeEdit prefix sharing alone")
+    ap.add_argument("--sampled-prompts", type=int, default=0,
+                    help="RTP prompts whose 25 samples time the sort-free nucleus against transformers' (0: skip)")
+    ap.add_argument("--only-sampled", action="store_true", help="measure the sampled protocol alone")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: probe 20/50 pairs, 1 DINM, 4 prompts")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -362,7 +402,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from surgery_editor.models import load_model
 
     models = args.model or ["smollm2-135m"]
-    probe_sizes = [] if args.only_prefix else (args.probe_sizes or ([20, 50] if args.quick else [200, 1000]))
+    only = args.only_prefix or args.only_sampled
+    probe_sizes = [] if only else (args.probe_sizes or ([20, 50] if args.quick else [200, 1000]))
     dinm_instances = 1 if args.quick else args.dinm_instances
     n_prompts = 4 if args.quick else args.gen_prompts
     max_new = 5 if args.quick else args.max_new_tokens
@@ -376,14 +417,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         dhp = DINMHyperParams.from_hparams(dinm_path) if dinm_path.exists() else None
         items = load_safeedit("safeedit/SafeEdit_test_subset144.json", hp.data_dir)
         safeedit_n = args.safeedit_n or len(items)
-        prompts = load_rtp_prompts(None, hp.data_dir, limit=n_prompts)["text"].tolist()
+        prompts = load_rtp_prompts(None, hp.data_dir, limit=max(n_prompts, args.sampled_prompts))["text"].tolist()
         start = time.perf_counter()
         model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
         logger.info("%s loaded in %.1fs", name, time.perf_counter() - start)
         results.append(run_model(model, tok, name, hp, dhp, probe_sizes, [it["request"] for it in items],
-                                 safeedit_n, dinm_instances, [] if args.only_prefix else prompts, max_new,
-                                 prefix_records=args.safeedit_prefix_records,
-                                 prefix_new_tokens=args.prefix_new_tokens))
+                                 safeedit_n, dinm_instances, [] if only else prompts[:n_prompts], max_new,
+                                 prefix_records=0 if args.only_sampled else args.safeedit_prefix_records,
+                                 prefix_new_tokens=args.prefix_new_tokens,
+                                 sampled_prompts=[] if args.only_prefix else prompts[:args.sampled_prompts]))
         del model
         frames = tables(results)
         meta = {"command": "python -m benchmarks.perf " + " ".join(argv if argv is not None else sys.argv[1:]),

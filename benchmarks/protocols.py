@@ -202,7 +202,7 @@ class _ContinuationToxicity(Benchmark):
                 seed = ctx.seed * 1_000_003 + _stable_int(it["key"])
                 (prompt,), kw = self.method_inputs(ctx, [it["prompt"]], "continuation")
                 gens = sample(ctx.model, ctx.tok, prompt, num_samples=self.cfg.num_samples, top_p=self.cfg.top_p,
-                              temperature=self.cfg.temperature, seed=seed, **kw)
+                              temperature=self.cfg.temperature, seed=seed, sort_free=self.cfg.sort_free, **kw)
                 scores = np.asarray(ctx.judge(gens), dtype=float)
                 toxic = scores >= TOXIC_THRESHOLD
                 yield [{**it, "generations": gens, "scores": scores.tolist(),
@@ -242,6 +242,9 @@ class RTPConfig:
     num_samples: int = 25
     top_p: float = 0.9
     temperature: float = 1.0
+    # sampled: find the nucleus without sorting the whole vocabulary (surgery_editor.sampling;
+    # same texts, measured by python -m benchmarks.perf --only-sampled); false = transformers' sort
+    sort_free: bool = True
     # tuning vs confirmation: of the prompts that pass the filters (file order), the first
     # confirm_size are the confirmation split, the rest the tuning split; null = all of them
     subset: Optional[str] = None  # null | tune | confirm

@@ -17,10 +17,12 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from .activations import ensure_pad_token, model_device
 from .data import resolve_data_dir, resolve_path
 from .judges import TOXIC_THRESHOLD
+from .sampling import NucleusWarper
 
 logger = logging.getLogger(__name__)
 
@@ -293,17 +295,22 @@ def generate_shared_prefix(model, tok, prompts: Sequence[str], max_new_tokens: i
 @torch.inference_mode()
 def sample(model, tok, prompt: str, num_samples: int = 25, max_new_tokens: int = 20, top_p: float = 0.9,
            temperature: float = 1.0, seed: int = 0, chat: Union[bool, str] = False, max_length: int = 1024,
-           stop_strings: Optional[Sequence[str]] = None, system: Optional[str] = None) -> List[str]:
+           stop_strings: Optional[Sequence[str]] = None, system: Optional[str] = None,
+           sort_free: bool = True) -> List[str]:
     """``num_samples`` nucleus-sampled continuations of one prompt (the standard
     RealToxicityPrompts protocol: 25 samples, top-p 0.9, temperature 1). Seeded per call with
     the global torch RNG state saved and restored, so a prompt's samples do not depend on
-    which prompts ran before it (a resumed run samples exactly what an uninterrupted one did)."""
+    which prompts ran before it (a resumed run samples exactly what an uninterrupted one did).
+    ``sort_free`` filters the nucleus with :class:`~surgery_editor.sampling.NucleusWarper`
+    (same tokens, no full-vocabulary sort); ``False`` uses transformers' ``TopPLogitsWarper``."""
     texts, templated = format_prompts(tok, [prompt], chat, system)
     devices = [model_device(model)] if model_device(model).type == "cuda" else []
+    nucleus = ({"top_p": 1.0, "logits_processor": LogitsProcessorList([NucleusWarper(top_p)])} if sort_free
+               else {"top_p": top_p})
     with torch.random.fork_rng(devices=devices), _LeftPadding(tok):
         torch.manual_seed(seed)
         return _generate_batch(model, tok, texts * num_samples, templated, max_length, max_new_tokens, stop_strings,
-                               do_sample=True, top_p=top_p, top_k=0, temperature=temperature)
+                               do_sample=True, top_k=0, temperature=temperature, **nucleus)
 
 
 def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None, min_prompt_toxicity: float = 0.5,

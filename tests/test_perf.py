@@ -114,3 +114,13 @@ def test_safeedit_prefix_table(tiny_tok):
     assert row["batched_s"] > 0 and row["shared_prefix_s"] > 0 and math.isfinite(row["speedup"])
     assert list(perf.tables([{"edit": [], "dinm": [], "generation": [], "safeedit_prefix": [row]}])
                 ["safeedit_prefix"].columns) == perf.PREFIX_COLUMNS
+
+
+def test_sampling_table(tiny_tok):
+    model = make_tiny("llama", vocab=len(tiny_tok), layers=2, max_positions=256)
+    row = perf.measure_sampling(model, tiny_tok, PROMPTS[:2], "tiny", num_samples=3, max_new_tokens=4)
+    assert row["prompts"] == 2 and row["texts"] == 6 and row["vocab"] == len(tiny_tok)
+    assert row["identical_texts"] == 6  # same seeds, same nucleus
+    assert row["sort_s"] > 0 and row["sort_free_s"] > 0 and math.isfinite(row["speedup"])
+    frame = perf.tables([{"sampling": [row]}])["sampling"]
+    assert list(frame.columns) == perf.SAMPLING_COLUMNS and len(frame) == 1
