@@ -392,6 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: probe 20/50 pairs, 1 DINM, 4 prompts")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    if args.only_sampled and args.sampled_prompts < 1:
+        ap.error("--only-sampled measures nothing without --sampled-prompts N (N >= 1)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -124,3 +124,9 @@ def test_sampling_table(tiny_tok):
     assert row["sort_s"] > 0 and row["sort_free_s"] > 0 and math.isfinite(row["speedup"])
     frame = perf.tables([{"sampling": [row]}])["sampling"]
     assert list(frame.columns) == perf.SAMPLING_COLUMNS and len(frame) == 1
+
+
+def test_only_sampled_needs_prompts(capsys):
+    with pytest.raises(SystemExit):
+        perf.main(["--only-sampled"])
+    assert "--sampled-prompts" in capsys.readouterr().err
