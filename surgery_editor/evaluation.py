@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from .activations import ensure_pad_token, model_device
 from .data import resolve_data_dir, resolve_path
@@ -305,12 +305,15 @@ def sample(model, tok, prompt: str, num_samples: int = 25, max_new_tokens: int =
     (same tokens, no full-vocabulary sort); ``False`` uses transformers' ``TopPLogitsWarper``."""
     texts, templated = format_prompts(tok, [prompt], chat, system)
     devices = [model_device(model)] if model_device(model).type == "cuda" else []
-    nucleus = ({"top_p": 1.0, "logits_processor": LogitsProcessorList([NucleusWarper(top_p)])} if sort_free
-               else {"top_p": top_p})
+    # generate() runs custom processors before its own warpers, so the temperature goes in our
+    # list, ahead of the nucleus, in transformers' order (temperature, then top-p)
+    nucleus = ({"top_p": 1.0, "temperature": 1.0, "logits_processor": LogitsProcessorList(
+        [TemperatureLogitsWarper(temperature), NucleusWarper(top_p)])} if sort_free
+               else {"top_p": top_p, "temperature": temperature})
     with torch.random.fork_rng(devices=devices), _LeftPadding(tok):
         torch.manual_seed(seed)
         return _generate_batch(model, tok, texts * num_samples, templated, max_length, max_new_tokens, stop_strings,
-                               do_sample=True, top_k=0, temperature=temperature, **nucleus)
+                               do_sample=True, top_k=0, **nucleus)
 
 
 def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None, min_prompt_toxicity: float = 0.5,

@@ -72,10 +72,14 @@ def test_generate_draws_the_same_tokens(spread):
     assert (warper.fallbacks == steps) if spread == 1.0 else (warper.fallbacks < steps)
 
 
-def test_sample_same_texts_with_and_without_sort(tiny_tok):
+@pytest.mark.parametrize("temperature", [1.0, 3.0])  # the nucleus of the tempered distribution
+def test_sample_same_texts_with_and_without_sort(tiny_tok, temperature):
     from conftest import make_tiny
 
     model = make_tiny("llama", vocab=len(tiny_tok))
-    fast = sample(model, tiny_tok, "you are", num_samples=6, max_new_tokens=8, seed=3)
-    slow = sample(model, tiny_tok, "you are", num_samples=6, max_new_tokens=8, seed=3, sort_free=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaked logits: a nucleus of a few tokens, which temperature widens
+    kw = dict(num_samples=6, max_new_tokens=8, seed=3, temperature=temperature)
+    fast = sample(model, tiny_tok, "you are", **kw)
+    slow = sample(model, tiny_tok, "you are", sort_free=False, **kw)
     assert fast == slow and len(set(fast)) > 1
