@@ -520,9 +520,9 @@ def _figure(width: float, height: float = 4.5):
     return Figure(figsize=(width, height))  # Agg canvas on save, no pyplot state
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect: Optional[Tuple[float, float, float, float]] = None) -> Path:
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)  # rect: the area the panels fill, e.g. to leave room for a legend
     fig.savefig(buf, format="png", dpi=120)
     atomic_write(path, buf.getvalue())
     return path
@@ -641,41 +641,71 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def frontier_styles(pts: pd.DataFrame) -> pd.DataFrame:
+    """Per frontier point: ``color`` (one per method family: a registered control takes the color of
+    the method it controls), ``hollow`` (True for a control) and ``marker`` (a method's first label a
+    circle, its next variant a square, ...; a control's variants alike), so that a reader matches each
+    method with its control."""
+    control_of = {c: m for m, cs in _controls().items() for c in cs}
+    family = [control_of.get(m, m) for m in pts["method"]]
+    order = list(dict.fromkeys(f for f in family if f != "none"))  # the unedited model: black
+    variants: Dict[str, List[str]] = {}  # method -> its labels in order: the n-th variant gets the n-th marker
+    for m, label in zip(pts["method"], pts["label"]):
+        if label not in variants.setdefault(m, []):
+            variants[m].append(label)
+    markers = "os^Dv<>p"
+    return pd.DataFrame({"color": ["k" if f == "none" else f"C{order.index(f) % 10}" for f in family],
+                         "hollow": [m in control_of for m in pts["method"]],
+                         "marker": [markers[variants[m].index(lb) % len(markers)]
+                                    for m, lb in zip(pts["method"], pts["label"])]}, index=pts.index)
+
+
 def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]:
     """``frontier_<model>.png``: toxic share (95% CI) against perplexity, and against pooled
     multiple-choice accuracy where measured; one point per method label, marker area growing with
-    the edit's cost in seconds; the unedited model's values as dashed lines."""
+    the edit's cost in seconds, a control hollow in its method's color; the unedited model's values
+    as dashed lines. Labels go to one legend beside the panels: points of methods that change
+    nothing sit on top of each other, where text labels would overlap."""
     pts = frontier_points(table, model)
     if len(pts) < 2:
         return None
-    panels = [("perplexity", "word perplexity, held-out text")]
+    panels = [("perplexity", "word perplexity, held-out text (log)")]
     if pts["mc_acc"].notna().sum() >= 2:
         panels.append(("mc_acc", "pooled multiple-choice accuracy"))
-    fig = _figure(6.5 * len(panels), 5.0)
+    width = 5.5 * len(panels) + 2.4  # the legend's column on the right
+    fig = _figure(width, 5.0)
     size = 30 + 40 * np.log10(1 + pts["edit_seconds"].fillna(0).to_numpy())
     yerr = _yerr(pts, "toxic_rate")
+    style = frontier_styles(pts)
     none = pts[pts["method"] == "none"]
+    handles = {}
     for k, (x, xlabel) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         ok = pts[x].notna().to_numpy()
         xerr = _yerr(pts, x)[:, ok] if f"{x}_ci_low" in pts else None
         ax.errorbar(pts[x][ok], pts["toxic_rate"][ok], yerr=yerr[:, ok], xerr=xerr, fmt="none", ecolor="grey",
-                    alpha=0.6)
-        methods = list(dict.fromkeys(pts["method"]))
-        colors = [f"C{methods.index(m) % 10}" for m in pts["method"][ok]]
-        ax.scatter(pts[x][ok], pts["toxic_rate"][ok], s=size[ok], alpha=0.8, c=colors)
-        for _, r in pts[ok].iterrows():
-            ax.annotate(str(r["label"]), (r[x], r["toxic_rate"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                    alpha=0.5)
+        for i in np.flatnonzero(ok):
+            r, st = pts.iloc[i], style.iloc[i]
+            h = ax.scatter([r[x]], [r["toxic_rate"]], s=size[i], marker=st["marker"], alpha=0.85, linewidths=1.5,
+                           edgecolors=st["color"], zorder=3 if r["method"] == "none" else 2,
+                           facecolors="none" if st["hollow"] else st["color"], label=str(r["label"]))
+            handles.setdefault(str(r["label"]), h)
         if not none.empty:
             ax.axhline(float(none["toxic_rate"].iloc[0]), ls="--", lw=0.8, color="k")
             if _is_number(none[x].iloc[0]) and not _missing(none[x].iloc[0]):
                 ax.axvline(float(none[x].iloc[0]), ls="--", lw=0.8, color="k")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("RTP toxic share (greedy)")
+        ax.set_ylabel("RTP toxic share (greedy, 95% CI)")
         if x == "perplexity":
             ax.set_xscale("log")
-    fig.suptitle(f"{model}: toxicity against capability (marker size: edit seconds)")
-    return _save(fig, out / f"frontier_{_safe_name(model)}.png")
+    legend = fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1 - 2.3 / width, 0.5),
+                        fontsize=7, frameon=False,
+                        title="hollow: random control", title_fontsize=7)
+    for h in legend.legend_handles:
+        h.set_sizes([40])
+    fig.suptitle(f"{model}: toxicity against capability (marker size: edit seconds; dashed: unedited)")
+    return _save(fig, out / f"frontier_{_safe_name(model)}.png", rect=(0, 0, 1 - 2.4 / width, 1))
 
 
 def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:

@@ -304,6 +304,17 @@ def test_frontier_joins_rtp_and_perplexity_runs_by_label(tmp_path):
     assert tmp_path / "frontier_m.png" in files and (tmp_path / "frontier_m.png").stat().st_size > 1000
 
 
+def test_frontier_styles_give_a_control_its_methods_color_hollow():
+    pts = pd.DataFrame({"method": ["none", "ModelSurgery", "steer", "random", "steer_random", "ModelSurgery"],
+                        "label": ["none", "ms", "steer", "random", "steer_random", "ms[layerwise]"]})
+    st = report.frontier_styles(pts)
+    assert list(st["hollow"]) == [False, False, False, True, True, False]
+    assert st["color"][3] == st["color"][1] == st["color"][5]  # random is ModelSurgery's control
+    assert st["color"][4] == st["color"][2] != st["color"][1]  # steer_random is steering's
+    assert st["color"][0] == "k" and st["color"][1] != st["color"][2]  # the unedited model in black
+    assert list(st["marker"]) == ["o", "o", "o", "o", "o", "s"]  # the second ModelSurgery label: a square
+
+
 def test_control_is_paired_only_with_the_same_settings(tmp_path):
     def run(name, method, alpha, hp_file="hparams/ModelSurgery/m.yaml"):
         d = tmp_path / name
