@@ -67,8 +67,8 @@ case $MODEL in
     # (alpha = 0.7's perplexity was stopped: 0.3 had already doubled perplexity, 0.5 multiplied it by 7.5)
     # (the ProFS and steering screens above were not run for Gemma in these sessions)
     # DPO (issue 12): the recipe copied from SmolLM2 at learning rate 1e-4 collapses on Gemma
-    # (greedy continuations become <start_of_image>, perplexity x3); two smaller steps
-    sweep dpo method=DPO hparams.learning_rate=1e-5,3e-5
+    # (greedy continuations become <start_of_image>, perplexity x3); smaller steps
+    sweep dpo method=DPO hparams.learning_rate=1e-5,3e-5,5e-5
     ;;
   *) echo "tune.sh: no screens defined for $MODEL" >&2; exit 2 ;;
 esac
