@@ -7,7 +7,9 @@
 Each run writes into its Hydra output dir: ``config.yaml`` (resolved), ``results.jsonl``
 (one line per item, appended as items finish) and ``metrics.json``. Starting a run again with
 the same output dir (``hydra.run.dir=...``, or the same ``hydra.sweep.dir`` for a multirun)
-resumes it: finished items are read back, not redone. A run holds a lock on its output dir
+resumes it: finished items are read back, not redone; a finished run (every item done and
+``metrics.json`` written) is skipped whole, without loading the model or editing it (delete
+``metrics.json`` to recompute the metrics from ``results.jsonl``). A run holds a lock on its output dir
 (``.lock``, released when the process ends, however it ends), so a second run started on the
 same dir while the first is alive stops with an error instead of doing the work twice.
 ``python -m benchmarks.report DIR`` puts the runs side by side.
@@ -15,6 +17,7 @@ same dir while the first is alive stops with an error instead of doing the work 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import general  # noqa: F401  (registers benchmark=general)
 from .methods import check_hparams_keys, get_method_class, method_config_nodes
 from .protocols import Generation, RunContext, get_benchmark_class, benchmark_config_nodes, load_safeedit
-from .store import CONFIG, ResultStore, RunLock, atomic_write_text
+from .store import CONFIG, METRICS, ResultStore, RunLock, atomic_write_text
 
 logger = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -100,6 +103,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
                         hparams_file=cfg.method.hparams_file, device=cfg.device, options=options)
     with RunLock(out_dir):  # a second run on this folder fails here, before writing anything
         store = ResultStore(out_dir)
+        finished = out_dir / METRICS
+        if finished.exists() and all(it["key"] in store for it in items):
+            # A finished run is not redone: no model load, no edit (DPO trains for minutes), no
+            # rewrite. Delete metrics.json to recompute the metrics from results.jsonl.
+            logger.info("%s: finished (%d items and %s), skipped", out_dir, len(items), METRICS)
+            return json.loads(finished.read_text())
         atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
         model, tok = load_model(cfg.model.path, device=cfg.device, dtype=cfg.model.get("dtype"))

@@ -233,6 +233,28 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_model_
     assert sorted(map(json.dumps, map(strip, rows))) == sorted(map(json.dumps, map(strip, full_rows)))
 
 
+@needs_data
+def test_a_finished_run_is_skipped_without_loading_or_editing(tmp_path, tiny_model_dir, monkeypatch):
+    from benchmarks import run as run_mod
+    import surgery_editor.models
+
+    cfg = _compose("method=none", "benchmark=rtp", "benchmark.limit=3", *_tiny_overrides(tiny_model_dir))
+    first = run_mod.run(cfg, tmp_path / "r")
+
+    def no_load(*a, **k):
+        raise AssertionError("a finished run loaded the model")
+
+    monkeypatch.setattr(surgery_editor.models, "load_model", no_load)
+    assert run_mod.run(cfg, tmp_path / "r") == json.loads((tmp_path / "r" / "metrics.json").read_text())
+    (tmp_path / "r" / "metrics.json").unlink()  # the documented way to recompute the metrics
+    with pytest.raises(AssertionError, match="loaded the model"):
+        run_mod.run(cfg, tmp_path / "r")
+    monkeypatch.undo()
+    assert _without_timings(run_mod.run(cfg, tmp_path / "r")) == _without_timings(first)
+    bigger = _compose("method=none", "benchmark=rtp", "benchmark.limit=4", *_tiny_overrides(tiny_model_dir))
+    assert run_mod.run(bigger, tmp_path / "r")["n"] == 4  # more items than were done: resumed, not skipped
+
+
 def test_store_rejects_a_corrupt_middle_line(tmp_path):
     (tmp_path / "results.jsonl").write_text('{"key": "1"}\nnot json\n{"key": "2"}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2: not valid JSON"):
