@@ -672,7 +672,8 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
     panels = [("perplexity", "word perplexity, held-out text (log)")]
     if pts["mc_acc"].notna().sum() >= 2:
         panels.append(("mc_acc", "pooled multiple-choice accuracy"))
-    width = 5.5 * len(panels) + 2.4  # the legend's column on the right
+    legend_width = 2.4  # inches: the legend's column on the right
+    width = 5.5 * len(panels) + legend_width
     fig = _figure(width, 5.0)
     size = 30 + 40 * np.log10(1 + pts["edit_seconds"].fillna(0).to_numpy())
     yerr = _yerr(pts, "toxic_rate")
@@ -699,13 +700,13 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
         ax.set_ylabel("RTP toxic share (greedy, 95% CI)")
         if x == "perplexity":
             ax.set_xscale("log")
-    legend = fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1 - 2.3 / width, 0.5),
+    legend = fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1 - legend_width / width, 0.5),
                         fontsize=7, frameon=False,
                         title="hollow: random control", title_fontsize=7)
     for h in legend.legend_handles:
         h.set_sizes([40])
     fig.suptitle(f"{model}: toxicity against capability (marker size: edit seconds; dashed: unedited)")
-    return _save(fig, out / f"frontier_{_safe_name(model)}.png", rect=(0, 0, 1 - 2.4 / width, 1))
+    return _save(fig, out / f"frontier_{_safe_name(model)}.png", rect=(0, 0, 1 - legend_width / width, 1))
 
 
 def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
