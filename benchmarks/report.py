@@ -46,6 +46,7 @@ PathLike = Union[str, os.PathLike]
 DEFAULT_AGAINST = ("none", "control")
 CONTROL = "control"  # the reference "each method's own control" (see _controls)
 METADATA = ("label", "method", "model", "benchmark", "protocol", "judge", "n")
+PROMPTS = "prompts"  # a benchmark's prompt set where it has several (RTP: "challenging"); absent = its default
 TIMING = ("edit_seconds", "eval_seconds")
 REQUIRED = ("method", "model", "benchmark")
 # Known metrics, in display order; any other numeric key of metrics.json follows them.
@@ -54,7 +55,7 @@ KNOWN_METRICS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_a
 # Reported in percent while their per-item flags/values are 0/1 shares.
 PERCENT_METRICS = frozenset({"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg"})
 # Numeric keys of metrics.json that are not metrics.
-NON_METRICS = frozenset(METADATA) | frozenset(TIMING) | {"dinm_backend", "run_dir", "seed"}
+NON_METRICS = frozenset(METADATA) | frozenset(TIMING) | {"dinm_backend", "run_dir", "seed", PROMPTS}
 _DERIVED = re.compile(r"^(?P<metric>.+)_(?:ci_low|ci_high|p_vs_.+|diff_vs_.+)$")
 
 
@@ -136,7 +137,7 @@ def collect(root: PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{root}: no run directories found (expected metrics.json in {root} or in a "
                                 f"folder under it, as written by benchmarks/run.py){extra}")
     df = pd.DataFrame([read_metrics(d) for d in runs])
-    for col in METADATA + TIMING + ("dinm_backend",):
+    for col in METADATA + TIMING + ("dinm_backend", PROMPTS):
         if col not in df.columns:
             df[col] = None
     df.attrs["skipped"] = [str(d) for d in interrupted]
@@ -255,15 +256,16 @@ def _same_settings(a: pd.Series, b: pd.Series, fixed: Sequence[str]) -> bool:
 
 def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
                    control_of: Optional[Sequence[str]] = None) -> Optional[Any]:
-    """Index of the ``method`` run to pair run ``idx`` with: same model, benchmark, protocol and
-    judge; among several, the same ``n``, then the most agreeing hparams (a random-direction
+    """Index of the ``method`` run to pair run ``idx`` with: same model, benchmark, prompt set,
+    protocol and judge; among several, the same ``n``, then the most agreeing hparams (a random-direction
     control of the same alpha), then the first (with a warning). With ``control_of`` (the keys a
     control fixes, e.g. ``["edit_direction"]``), only a run of exactly ``idx``'s other settings
     qualifies: a control of other settings is no control, so none is paired then."""
     run = runs.loc[idx]
     mask = runs["method"] == method
-    for col in ("model", "benchmark", "protocol", "judge"):
-        mask &= runs[col].map(lambda v, ref=run[col]: _same(v, ref))
+    for col in ("model", "benchmark", PROMPTS, "protocol", "judge"):
+        if col in runs.columns:  # a summary table leaves out a prompt set no run has
+            mask &= runs[col].map(lambda v, ref=run[col]: _same(v, ref))
     cand = runs[mask].drop(index=idx, errors="ignore")
     if control_of is not None and not cand.empty:
         cand = cand[cand.apply(lambda r: _same_settings(run, r, control_of), axis=1)]
@@ -395,7 +397,7 @@ def summary_table(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) 
     against = list(against)
     full = pd.concat([runs, compare(runs, against)], axis=1)
     metrics = metric_columns(full)
-    cols = list(METADATA) + metrics
+    cols = list(METADATA[:4]) + [PROMPTS] + list(METADATA[4:]) + metrics
     cols += [f"{m}_{s}" for m in metrics for s in ("ci_low", "ci_high")]
     for ref in against:
         cols += [f"{m}_{s}_vs_{ref}" for m in metrics for s in ("diff", "p")] + [f"n_vs_{ref}"]
@@ -466,10 +468,11 @@ def to_markdown(table: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST, t
         parts += [f"## {benchmark}", ""]
         # breakdowns such as ToxiGen's toxic_rate/<group> stay in report.csv
         shown = [m for m in metrics if sub[m].notna().any() and "/" not in m]
-        constant = [c for c in ("model", "protocol", "judge") if sub[c].nunique(dropna=False) == 1]
+        described = [c for c in ("model", PROMPTS, "protocol", "judge") if c in sub.columns]
+        constant = [c for c in described if sub[c].nunique(dropna=False) == 1]
         if constant:
             parts += [" · ".join(f"{c}: {_fmt(sub[c].iloc[0]) or '-'}" for c in constant), ""]
-        ids = ["label", "method"] + [c for c in ("model", "protocol", "judge") if c not in constant]
+        ids = ["label", "method"] + [c for c in described if c not in constant]
         main = pd.DataFrame({c: sub[c].map(_fmt) for c in ids})
         main["n"] = sub["n"].map(_fmt_int)
         for m in shown:
@@ -614,18 +617,32 @@ def _largest(col: Optional[pd.Series]) -> float:
     return max(values) if values else math.nan
 
 
+# The frontier's toxicity axis: the first of these greedy RTP views that ``model`` has runs of.
+FRONTIER_VIEWS = ("rtp challenging", "rtp")
+
+
+def frontier_view(table: pd.DataFrame, model: str) -> Optional[str]:
+    """The greedy RTP view (see :func:`_views`) the frontier of ``model`` plots: the challenging
+    prompts where they were run, else the default sample."""
+    sub = table[(table["model"] == model) & table.get("toxic_rate", pd.Series(np.nan, index=table.index)).notna()]
+    views = set(_views(sub)) if len(sub) else set()
+    return next((v for v in FRONTIER_VIEWS if v in views), None)
+
+
 def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
-    """One row per method label of ``model`` that has an RTP run with ``toxic_rate`` and a run with
-    ``perplexity`` (benchmark ``general``): toxic share and its interval, perplexity, pooled
-    multiple-choice accuracy where measured, and the edit's cost (seconds, peak MB; the largest
-    over the label's runs)."""
+    """One row per method label of ``model`` that has a greedy RTP run with ``toxic_rate`` (of the
+    prompt set :func:`frontier_view` picks, in ``attrs["view"]``) and a run with ``perplexity``
+    (benchmark ``general``): toxic share and its interval, perplexity, pooled multiple-choice
+    accuracy where measured, and the edit's cost (seconds, peak MB; the largest over the label's
+    runs)."""
     sub = table[table["model"] == model]
+    view = frontier_view(table, model)
     rows = []
     for label, runs in sub.groupby("label", sort=False):
         def having(col: str) -> pd.DataFrame:
             return runs[runs.get(col, pd.Series(np.nan, index=runs.index)).notna()]
 
-        tox = having("toxic_rate")[lambda f: _views(f) == "rtp"]  # the greedy protocol
+        tox = having("toxic_rate")[lambda f: _views(f) == view]  # the greedy protocol
         ppl, mc = having("perplexity"), having("mc_acc")
         if tox.empty or ppl.empty:
             continue
@@ -638,7 +655,9 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
                      "mc_acc_ci_low": m.get("mc_acc_ci_low", np.nan), "mc_acc_ci_high": m.get("mc_acc_ci_high", np.nan),
                      "edit_seconds": _largest(runs.get("edit_seconds")),
                      "edit_peak_rss_mb": _largest(runs.get("edit_peak_rss_mb"))})
-    return pd.DataFrame(rows)
+    pts = pd.DataFrame(rows)
+    pts.attrs["view"] = view
+    return pts
 
 
 def frontier_styles(pts: pd.DataFrame) -> pd.DataFrame:
@@ -697,7 +716,8 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
             if _is_number(none[x].iloc[0]) and not _missing(none[x].iloc[0]):
                 ax.axvline(float(none[x].iloc[0]), ls="--", lw=0.8, color="k")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("RTP toxic share (greedy, 95% CI)")
+        prompts = pts.attrs.get("view", "rtp").replace("rtp", "", 1).strip()
+        ax.set_ylabel(f"RTP toxic share ({prompts + ' prompts, ' if prompts else ''}greedy, 95% CI)")
         if x == "perplexity":
             ax.set_xscale("log")
     legend = fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1 - legend_width / width, 0.5),
@@ -741,12 +761,13 @@ def plot_report(table: pd.DataFrame, out: PathLike) -> List[Path]:
 
 
 def _views(table: pd.DataFrame) -> pd.Series:
-    """Per run, the benchmark as the report groups it: its name, with the protocol in
-    parentheses when that is not ``greedy`` (e.g. ``rtp (sampled)``), so a benchmark's greedy and
-    sampled runs get their own columns and plots."""
+    """Per run, the benchmark as the report groups it: its name, then its prompt set when it has
+    one (``rtp challenging``), then the protocol in parentheses when that is not ``greedy``
+    (``rtp challenging (sampled)``), so each prompt set and protocol gets its own columns and plots."""
     protocol = table.get("protocol", pd.Series(np.nan, index=table.index))
-    return pd.Series([str(b) if _missing(p) or p == "greedy" else f"{b} ({p})"
-                      for b, p in zip(table["benchmark"], protocol)], index=table.index)
+    prompts = table.get("prompts", pd.Series(np.nan, index=table.index))
+    return pd.Series([str(b) + ("" if _missing(s) else f" {s}") + ("" if _missing(p) or p == "greedy" else f" ({p})")
+                      for b, s, p in zip(table["benchmark"], prompts, protocol)], index=table.index)
 
 
 def _headline(sub: pd.DataFrame) -> List[str]:

@@ -145,7 +145,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
 
         rows = store.ordered([it["key"] for it in items])
         metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
-                   "protocol": bench.protocol, "headline": list(bench.headline), "judge": judge_name,
+                   "protocol": bench.protocol, **bench.info(), "headline": list(bench.headline), "judge": judge_name,
                    "dinm_backend": None, "edited_with": edited_with,
                    **method.info(), **bench.metrics(rows)}
         metrics.update(edit_memory)

