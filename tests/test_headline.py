@@ -1,0 +1,66 @@
+"""benchmarks.headline: README tables generated from a comparison's report.csv."""
+
+import json
+
+import pytest
+
+from benchmarks import headline, report
+
+
+def _run(root, name, method, bench, metrics, toxic=(), protocol="greedy", label=None, prompts=None, hparams=None):
+    d = root / name
+    d.mkdir(parents=True)
+    keys = [f"k{i}" for i in range(10)]
+    items = [{"key": k, "flags": {"toxic_rate": k in toxic}, "values": {"mean_toxicity": float(k in toxic)}}
+             for k in keys] if bench == "rtp" else []
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    extra = {"prompts": prompts} if prompts else {}
+    (d / "metrics.json").write_text(json.dumps({
+        "method": method, "label": label or method, "model": "m", "benchmark": bench, "protocol": protocol,
+        "judge": "j", "n": 10, "edit_seconds": 2.0 if method != "none" else 1e-6, "eval_seconds": 1.0,
+        "hparams": hparams or {}, **extra, **metrics}))
+
+
+@pytest.fixture
+def comparison(tmp_path):
+    root = tmp_path / "docs" / "cmp"
+    _run(root, "a", "none", "rtp", {"toxic_rate": 0.5}, toxic=["k0", "k1", "k2", "k3", "k4"], prompts="challenging")
+    _run(root, "b", "steer", "rtp", {"toxic_rate": 0.1}, toxic=["k0"], prompts="challenging",
+         hparams={"direction": "probe"})
+    _run(root, "c", "steer_random", "rtp", {"toxic_rate": 0.5}, toxic=["k0", "k1", "k2", "k3", "k5"],
+         prompts="challenging", hparams={"direction": "random"})
+    _run(root, "d", "none", "rtp", {"toxic_rate": 0.2}, toxic=["k0", "k1"])  # the sample: not the headline view
+    _run(root, "e", "steer", "rtp", {"toxic_rate": 0.0})
+    _run(root, "f", "none", "general", {"perplexity": 20.0})
+    _run(root, "g", "steer", "general", {"perplexity": 25.0})
+    report.write_report(root)
+    return tmp_path
+
+
+def test_table_takes_the_challenging_view_with_paired_differences_and_control(comparison):
+    md = ('intro\n<!-- headline root=docs/cmp rows="none;steer" -->\nstale\n<!-- /headline -->\nafter\n')
+    out = headline.render(md, comparison)
+    assert out.startswith("intro\n") and out.endswith("<!-- /headline -->\nafter\n") and "stale" not in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| steer")]
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    header = [c.strip() for c in out.splitlines()[2].strip("|").split("|")]
+    assert header[1] == "RTP greedy toxic share (challenging), n=10"
+    assert cells[1] == "0.100 (-0.400, p=0.125) [vs control -0.400, p=0.125]"  # 4 discordant pairs: 2 x 0.5^4
+    assert cells[header.index("perplexity, n=10")] == "25.0" and cells[-1] == "2.0"
+    assert headline.render(out, comparison) == out  # regenerating changes nothing
+
+
+def test_check_mode_and_errors(comparison, capsys):
+    readme = comparison / "README.md"
+    readme.write_text('<!-- headline root=docs/cmp rows="none;steer" -->\n<!-- /headline -->\n')
+    assert headline.main([str(readme), "--check"]) == 1
+    assert headline.main([str(readme)]) == 0 and headline.main([str(readme), "--check"]) == 0
+    readme.write_text(readme.read_text().replace("0.100", "0.050"))  # a number typed by hand
+    assert headline.main([str(readme), "--check"]) == 1
+    readme.write_text('<!-- headline root=docs/cmp rows="none;DPO" -->\n<!-- /headline -->\n')
+    assert headline.main([str(readme)]) == 2
+    assert "no runs labelled ['DPO']" in capsys.readouterr().err
+    readme.write_text('<!-- headline root=docs/none rows="none" -->\n<!-- /headline -->\n')
+    assert headline.main([str(readme)]) == 2 and "python -m benchmarks.report docs/none" in capsys.readouterr().err
+    readme.write_text("no marks\n")
+    assert headline.main([str(readme)]) == 2
