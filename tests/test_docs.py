@@ -1,6 +1,8 @@
 """The documentation's links and quoted paths point at files that exist.
 
-Checked files: README.md and every docs/*.md (the pages, not the generated docs/results/**).
+Checked files: README.md and every docs/*.md (the pages, not the generated docs/results/**). A
+docs/_*.md file is a draft of README.md text: its links are resolved from the repository root,
+where they will stand.
 
 1. Every relative Markdown link and image target (``[text](target)``, ``![alt](target)``,
    ``[label]: target`` definitions, HTML ``src=``/``href=``) exists, resolved against the file's
@@ -30,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]{0,3}\1[ \t]*$|\Z)", re.M | re.S)
+FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]{0,3}(?P<close>\1)[ \t]*$|\Z)", re.M | re.S)
 INLINE_CODE = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.S)
 # [text](target "title") and ![alt](target); the text may hold one level of brackets and wrap lines.
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>\n]*>|[^()\s]+(?:\([^()\s]*\)[^()\s]*)*)"
@@ -70,16 +72,19 @@ def _blank(text: str, start: int, end: int) -> str:
 
 
 def split_code(text: str):
-    """(prose, code): ``prose`` is ``text`` with fenced blocks and inline code blanked out;
-    ``code`` lists (offset, code text) of every fenced block and inline code span."""
-    code = []
+    """(prose, code, unclosed): ``prose`` is ``text`` with fenced blocks and inline code blanked
+    out; ``code`` lists (offset, code text) of every fenced block and inline code span;
+    ``unclosed`` the offsets of fences never closed (they swallow the rest of the file)."""
+    code, unclosed = [], []
     for m in FENCE.finditer(text):
+        if m.group("close") is None:
+            unclosed.append(m.start())
         code.append((m.start(), m.group(0)))
         text = _blank(text, m.start(), m.end())
     for m in INLINE_CODE.finditer(text):
         code.append((m.start(2), m.group(2)))
         text = _blank(text, m.start(), m.end())
-    return text, code
+    return text, code, unclosed
 
 
 def _starts_block(text: str, offset: int) -> bool:
@@ -119,14 +124,16 @@ def _published_only(rel: str) -> bool:
 def check_file(path: Path, root: Path = REPO) -> List[Problem]:
     text = path.read_text(encoding="utf-8")
     rel_file = path.relative_to(root).as_posix()
-    prose, code = split_code(text)
-    problems = []
+    prose, code, unclosed = split_code(text)
+    problems = [Problem(rel_file, _line(text, offset), "code fence never closed: the rest of the file renders as "
+                                                      "code and its links are not checked") for offset in unclosed]
     for offset, target in link_targets(prose):
         line = _line(text, offset)
         if not target or target.startswith("#") or _is_external(target):
             continue
         file_part = unquote(target.split("#", 1)[0].split("?", 1)[0])
-        resolved = (root / file_part.lstrip("/")) if file_part.startswith("/") else (path.parent / file_part)
+        base = root if path.name.startswith("_") else path.parent  # a README draft links from the root
+        resolved = (root / file_part.lstrip("/")) if file_part.startswith("/") else (base / file_part)
         if not resolved.exists():
             problems.append(Problem(rel_file, line, f"link target {target!r} does not exist"))
             continue
@@ -179,10 +186,13 @@ def test_the_checker_finds_what_is_broken_and_skips_what_is_not(tmp_path):
         "[gone](missing.md#a) `hparams/DPO/m` `hparams/DPO/<model>.yaml` `docs/results/r/*/x.jsonl`\n"
         "`hparams/DINM/m.yaml` [run](results/r/run1/results.jsonl) `docs/results/r/run1`\n"
         "```python\nx = y[0](1)  # not a link\nload('hparams/steer/m.yaml')\n```\n"
-        "\n[ref]: ./nowhere.md\n\nA value\n[95% CI]: in a paragraph, not a definition\n<img src=\"results/r/none.png\">\n")
+        "\n[ref]: ./nowhere.md\n\nA value\n[95% CI]: in a paragraph, not a definition\n<img src=\"results/r/none.png\">\n"
+        "```\n[hidden](hidden.md)\n")
     (tmp_path / "README.md").write_text("See [the page](docs/page.md) and `docs/results/r/report.md`.\n")
+    (tmp_path / "docs" / "_draft.md").write_text("[page](docs/page.md) [wrong](page.md)\n")
     found = sorted(str(p) for p in check_docs(tmp_path))
     assert found == sorted([
+        "docs/_draft.md:1: link target 'page.md' does not exist",
         "docs/page.md:4: link target 'missing.md#a' does not exist",
         "docs/page.md:5: quoted path 'hparams/DINM/m.yaml' does not exist in the repository",
         "docs/page.md:5: link target 'results/r/run1/results.jsonl' is a run file that may be compacted away; "
@@ -190,6 +200,7 @@ def test_the_checker_finds_what_is_broken_and_skips_what_is_not(tmp_path):
         "docs/page.md:8: quoted path 'hparams/steer/m.yaml' does not exist in the repository",
         "docs/page.md:11: link target './nowhere.md' does not exist",
         "docs/page.md:15: link target 'results/r/none.png' does not exist",
+        "docs/page.md:16: code fence never closed: the rest of the file renders as code and its links are not checked",
     ]), found
 
 
@@ -199,5 +210,5 @@ def test_the_checker_finds_what_is_broken_and_skips_what_is_not(tmp_path):
     ("[a](<with space.md>)", ["with space.md"]),
 ])
 def test_link_targets(text, targets):
-    prose, _ = split_code(text)
+    prose, _, _ = split_code(text)
     assert [t for _, t in link_targets(prose)] == targets
