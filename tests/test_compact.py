@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,20 @@ def test_published_report_regenerates_byte_for_byte(folder, tmp_path, monkeypatc
     report.write_report(root, tmp_path, plots=False)
     assert (tmp_path / "report.md").read_text() == md
     assert (tmp_path / "report.csv").read_bytes() == (REPO / folder / "report.csv").read_bytes()
+
+
+def _tracked(folder: str):
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", folder], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO / name for name in out.decode().split("\0") if name]
+
+
+def test_committed_results_are_compact_and_within_their_budget():
+    files = _tracked("docs/results")
+    working = [f for f in files if f.name in ("metrics.json", "config.yaml", "run.log", ".lock")
+               or ".hydra" in f.parts or re.fullmatch(r"multirun.*\.yaml", f.name)
+               or (f.name == "results.jsonl" and (f.parent / "summary.md") not in files)]  # but surgery_sweep's
+    assert working == []
+    assert len(files) <= 800 and sum(-(-f.stat().st_size // 4096) * 4096 for f in files) <= 25e6  # 4 KiB blocks
