@@ -20,7 +20,11 @@ compact form does not keep) is refused and left untouched, with the reason; the 
 then 1.
 
 ``--expand`` turns compact runs back into the working form (``metrics.json``, ``config.yaml``,
-``results.jsonl``, ``.hydra/overrides.yaml``), e.g. to resume one with ``benchmarks.run``.
+``results.jsonl``, ``.hydra/overrides.yaml``), e.g. to resume one with ``benchmarks.run``; with
+``--out DIR`` it writes expanded copies there instead, e.g. to grep the generations:
+
+    python -m benchmarks.compact --expand --out /tmp/rtp docs/results/compare/gemma3-270m/rtp
+    grep -c start_of_image /tmp/rtp/*/results.jsonl
 """
 
 from __future__ import annotations
@@ -212,9 +216,10 @@ def compact_tree(root: Path) -> Summary:
     return summary
 
 
-def expand_tree(root: Path) -> Summary:
-    """Turn every compact run under ``root`` back into the working form; a folder's shared rows
-    go once no compact run is left beside them."""
+def expand_tree(root: Path, out: Optional[Path] = None) -> Summary:
+    """Turn every compact run under ``root`` back into the working form, in place (a folder's
+    shared rows go once no compact run is left beside them) or, with ``out``, as copies at the
+    same relative places under ``out`` (``root`` left as it is)."""
     summary = Summary()
     runs, _ = find_run_dirs(root)
     parents = set()
@@ -223,11 +228,13 @@ def expand_tree(root: Path) -> Summary:
             summary.outcomes.append(Outcome(d, "unchanged", "not compact"))
             continue
         size = (d / COMPACT).stat().st_size
-        written = write_expanded(d, read_run(d))
-        (d / COMPACT).unlink()  # last: until now the folder read as compact
-        summary.outcomes.append(Outcome(d, "expanded", "wrote " + ", ".join(str(p.relative_to(d)) for p in written),
+        target = d if out is None else out / d.relative_to(root)
+        written = write_expanded(target, read_run(d))
+        if out is None:
+            (d / COMPACT).unlink()  # last: until now the folder read as compact
+            parents.add(d.parent)
+        summary.outcomes.append(Outcome(target, "expanded", "wrote " + ", ".join(p.name for p in written),
                                         size, sum(p.stat().st_size for p in written)))
-        parents.add(d.parent)
     for parent in sorted(parents):
         table = parent / SHARED
         if table.exists() and not any(is_compact(p) for p in parent.iterdir() if p.is_dir()):
@@ -248,9 +255,10 @@ def _print_summary(summary: Summary, verb: str) -> None:
     for path in summary.removed:
         print(f"removed {path}")
     moved = [o for o in summary.outcomes if o.action in ("compacted", "expanded", "rewritten")]
+    shared = (f", plus {len(summary.shared)} shared-rows file(s) of {sum(summary.shared.values()):,} B"
+              if summary.shared else "")
     print(f"{verb} {len(moved)} run(s) ({sum(o.bytes_before for o in moved):,} B -> "
-          f"{sum(o.bytes_after for o in moved):,} B, plus {len(summary.shared)} shared-rows file(s) of "
-          f"{sum(summary.shared.values()):,} B), {summary.count('unchanged')} unchanged, "
+          f"{sum(o.bytes_after for o in moved):,} B{shared}), {summary.count('unchanged')} unchanged, "
           f"{summary.count('skipped')} skipped, {summary.count('refused')} refused; "
           f"{len(summary.removed)} other file(s) removed")
 
@@ -260,12 +268,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("roots", nargs="+", help="run directories or folders of them")
     ap.add_argument("--expand", action="store_true", help="turn compact runs back into the working form")
+    ap.add_argument("--out", default=None, help="with --expand: write the expanded runs here (same relative "
+                    "layout; one root only) and leave the compact ones as they are")
     args = ap.parse_args(argv)
+    if args.out is not None and not (args.expand and len(args.roots) == 1):
+        ap.error("--out goes with --expand and one root")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = Summary()
     for root in args.roots:
         try:
-            part = expand_tree(Path(root)) if args.expand else compact_tree(Path(root))
+            part = (expand_tree(Path(root), args.out and Path(args.out)) if args.expand
+                    else compact_tree(Path(root)))
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

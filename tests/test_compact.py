@@ -152,10 +152,14 @@ def test_rows_that_differ_from_the_shared_rows_in_every_way_come_back_exactly(tm
     assert list(table) == ["rtp|sampled|"]  # the lone safeedit run is stored whole, not shared
     assert rundir.read_rows(tmp_path / "f" / "c_safeedit") == [{"key": "0", "x": 1}]
 
+    expected = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in other)
+    source = _snapshot(tmp_path / "f")
+    assert compact.main(["--expand", "--out", str(tmp_path / "copy"), str(tmp_path / "f")]) == 0
+    assert _snapshot(tmp_path / "f") == source  # copies: the compact runs stay
+    assert (tmp_path / "copy" / "b_other" / "results.jsonl").read_text(encoding="utf-8") == expected
     compact.expand_tree(tmp_path / "f")
     assert not (tmp_path / "f" / SHARED).exists()
-    assert (tmp_path / "f" / "b_other" / "results.jsonl").read_text(encoding="utf-8") == \
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in other)
+    assert (tmp_path / "f" / "b_other" / "results.jsonl").read_text(encoding="utf-8") == expected
 
 
 def test_conversion_is_idempotent_and_byte_for_byte_deterministic(tmp_path):
@@ -324,7 +328,7 @@ def _tracked(folder: str):
         out = subprocess.run(["git", "ls-files", "-z", folder], cwd=REPO, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    return [REPO / name for name in out.decode().split("\0") if name]
+    return [REPO / name for name in out.decode().split("\0") if name and (REPO / name).exists()]
 
 
 def test_committed_results_are_compact_and_within_their_budget():
