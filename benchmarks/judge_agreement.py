@@ -1,6 +1,6 @@
 """How well the offline judges agree with SafeEdit's own labels.
 
-    python -m benchmarks.judge_agreement [--data-dir DIR] [--out docs/results/judge_agreement.md]
+    python -m benchmarks.judge_agreement [--data-dir DIR] [--out runs/judge_agreement.md]
 
 The ``safety`` judge (trained on JailbreakBench judged responses only) and, for comparison,
 ``profanity`` score the 288 labelled responses of the SafeEdit test sample (each record's
@@ -123,7 +123,9 @@ def run_grid(data_dir: Optional[str], folds: int, seed: int, settings: Sequence[
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="offline data folder (default ../shared/data or $SURGERY_EDITOR_DATA_DIR)")
-    ap.add_argument("--out", default="docs/results/judge_agreement.md")
+    ap.add_argument("--out", default="runs/judge_agreement.md",
+                    help="where the report goes (default: %(default)s, ignored by git; the published one is "
+                         "docs/results/judge_agreement.md)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-grid", action="store_true", help="skip the settings grid (about a minute or two)")

@@ -59,7 +59,7 @@ from surgery_editor.resources import PeakRSS  # noqa: F401  (also the name tests
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = "docs/results/perf"
+DEFAULT_OUT = "runs/perf"  # ignored by git
 EDIT_COLUMNS = ["model", "device", "probe_pairs", "probe_texts", "rows_edited",
                 "edit_cold_s", "floor_s", "edit_cached_s", "edit_over_floor", "first_over_cached",
                 "edit_cold_peak_rss_mb", "edit_cold_rss_delta_mb", "floor_peak_rss_mb", "floor_rss_delta_mb",
@@ -375,7 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="embedded model name (hparams/ModelSurgery/<name>.yaml and hparams/DINM/<name>.yaml); "
                          "repeatable; default smollm2-135m")
     ap.add_argument("--probe-sizes", type=int, nargs="+", default=None, help="probe pairs (default 200 1000)")
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s, ignored by git; "
+                    "the published tables are in docs/results/perf*)")
     ap.add_argument("--device", default=None, help="default: the hparams' device")
     ap.add_argument("--safeedit-n", type=int, default=None,
                     help="instances per SafeEdit run for the totals (default: all records of the file)")

@@ -2,8 +2,8 @@
 
     python -m benchmarks.rejudge SRC --judge toxicity --out DST
 
-Every run under ``SRC`` (a folder with ``metrics.json``) of ``rtp``, ``toxigen`` or
-``safeedit`` is copied to the same relative place under ``DST`` with each item's generations
+Every run under ``SRC`` (a folder with ``metrics.json``, or a compact ``run.jsonl.bz2``) of
+``rtp``, ``toxigen`` or ``safeedit`` is copied to the same relative place under ``DST`` with each item's generations
 scored by ``--judge``: greedy rows get a new ``score``, ``flags.toxic_rate`` and
 ``values.mean_toxicity``, sampled rows new ``scores`` and their per-prompt values, SafeEdit rows
 new ``scores``, ``unsafe``, ``flags`` and ``DG_avg``, with ``fluency`` recomputed from the
@@ -11,14 +11,14 @@ stored responses (``knowledge``, a log-likelihood measure, is kept); ``metrics.j
 recomputed by the benchmark's own ``metrics`` with ``judge`` set to the new name (the rest,
 costs included, is kept). Other runs are skipped. ``python -m
 benchmarks.report DST`` then gives the same table under that judge, paired item by item.
-Files are written whole (temporary file and rename); a run already rejudged is skipped.
+The rejudged runs are written in the working form (``python -m benchmarks.publish`` compacts them);
+files are written whole (temporary file and rename); a run already rejudged is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -26,9 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from benchmarks.protocols import get_benchmark_class, judged_safeedit_row
-from benchmarks.report import find_run_dirs
-from benchmarks.store import METRICS, RESULTS
-from surgery_editor.fileio import atomic_write, jsonl_lines
+from benchmarks.rundir import Run, find_run_dirs, is_run, read_metrics, read_run, write_expanded
 from surgery_editor.judges import TOXIC_THRESHOLD, get_judge
 
 logger = logging.getLogger(__name__)
@@ -77,22 +75,18 @@ def _benchmark_metrics(name: str, protocol: Optional[str], rows: List[Dict[str, 
 def rejudge_run(src: Path, dst: Path, judge, judge_name: str) -> bool:
     """Rejudge one run dir into ``dst``; False (and nothing written) when its benchmark is not
     one of :data:`REJUDGEABLE`."""
-    metrics = json.loads((src / METRICS).read_text())
+    metrics = read_metrics(src)
     if metrics.get("benchmark") not in REJUDGEABLE:
         return False
-    if (dst / METRICS).exists() and json.loads((dst / METRICS).read_text()).get("judge") == judge_name:
+    if is_run(dst) and read_metrics(dst).get("judge") == judge_name:
         logger.info("%s: already rejudged with %s", dst, judge_name)
         return True
-    rows = [json.loads(line) for line in jsonl_lines(src / RESULTS) if line.strip()]
-    rows = rescore_rows(rows, judge)
+    run = read_run(src)
+    rows = rescore_rows(run.rows or [], judge)
     new = {**metrics, **_benchmark_metrics(metrics["benchmark"], metrics.get("protocol"), rows),
            "judge": judge_name, "rejudged_from": str(src)}
-    dst.mkdir(parents=True, exist_ok=True)
-    for extra in ("config.yaml",):
-        if (src / extra).exists():
-            atomic_write(dst / extra, (src / extra).read_text())
-    atomic_write(dst / RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write(dst / METRICS, json.dumps(new, indent=2) + "\n")  # last: a run counts once this exists
+    # the working form, as benchmarks.run writes it (metrics.json last: a run counts once it exists)
+    write_expanded(dst, Run(metrics=new, config=run.config, rows=rows))
     return True
 
 

@@ -3,13 +3,14 @@
     python -m benchmarks.report runs/multirun/2025-01-01/12-00-00 [--out DIR] [--against none,random]
 
 Every directory under ROOT (ROOT itself included, any depth, hidden folders such as
-``.hydra`` skipped) that holds a ``metrics.json`` is a run, as written by ``benchmarks/run.py``;
-a folder with ``config.yaml`` or ``results.jsonl`` but no ``metrics.json`` is an interrupted run
-and is skipped with a warning.
+``.hydra`` skipped) that holds a ``metrics.json`` (as written by ``benchmarks/run.py``) or a
+``run.jsonl.bz2`` (the compact form, ``python -m benchmarks.compact``) is a run; a folder with
+``config.yaml`` or ``results.jsonl`` but neither is an interrupted run and is skipped with a warning.
 
 Per run the table has the run's metadata and metrics from ``metrics.json``; from the per-item
-outcomes in ``results.jsonl`` it adds a 95% interval for each metric (Wilson for a rate of
-binary ``flags``, Student t for a mean of ``values``), and, against each reference method
+outcomes in ``results.jsonl`` (in the compact form, both come from ``run.jsonl.bz2``) it adds a
+95% interval for each metric (Wilson for a rate of binary ``flags``, Student t for a mean of
+``values``), and, against each reference method
 (default ``none`` and ``control``: each method's own control, e.g. ``random`` for ModelSurgery,
 ``ProFS_random`` for ProFS, as its folder registers them) run on the same
 model/benchmark/protocol/judge, the paired difference of means and its p-value (exact McNemar
@@ -37,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.stats import mean_interval, paired_test, wilson_interval
-from surgery_editor.fileio import atomic_write, jsonl_lines
+from benchmarks.rundir import find_run_dirs, metrics_path, read_rows, rows_path
+from benchmarks.rundir import read_metrics as read_run_metrics
+from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -62,28 +65,6 @@ _DERIVED = re.compile(r"^(?P<metric>.+)_(?:ci_low|ci_high|p_vs_.+|diff_vs_.+)$")
 # ----------------------------------------------------------------------------- files
 
 
-def _natural_key(name: str) -> List[Any]:
-    """``"10"`` after ``"2"``: Hydra numbers its multirun jobs 0, 1, ..., 10, ..."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def find_run_dirs(root: PathLike) -> Tuple[List[Path], List[Path]]:
-    """``(runs, interrupted)`` under ``root`` (itself included), in natural path order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory (expected a run directory holding metrics.json, "
-                                f"or a folder of them such as a Hydra multirun directory)")
-    runs, interrupted = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
-        files = set(filenames)
-        if "metrics.json" in files:
-            runs.append(Path(dirpath))
-        elif files & {"config.yaml", "results.jsonl"}:
-            interrupted.append(Path(dirpath))
-    return runs, interrupted
-
-
 def _flatten(key: str, value: Any) -> Dict[str, Any]:
     if isinstance(value, dict):
         out: Dict[str, Any] = {}
@@ -96,15 +77,11 @@ def _flatten(key: str, value: Any) -> Dict[str, Any]:
 
 
 def read_metrics(run_dir: PathLike) -> Dict[str, Any]:
-    """One table row from ``run_dir/metrics.json``: its keys, ``hparams`` flattened to ``hp.<key>``
-    (nested objects joined with dots, lists as JSON text), and ``run_dir``."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    """One table row from ``run_dir``'s metrics (``metrics.json``, or the compact file's): its keys,
+    ``hparams`` flattened to ``hp.<key>`` (nested objects joined with dots, lists as JSON text), and
+    ``run_dir``."""
+    path = metrics_path(run_dir)
+    data = read_run_metrics(run_dir)
     missing = [k for k in REQUIRED if data.get(k) in (None, "")]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {missing}; metrics.json needs {list(REQUIRED)} "
@@ -154,32 +131,22 @@ class RunItems:
 
 
 def load_items(run_dir: PathLike) -> RunItems:
-    """Read ``run_dir/results.jsonl`` (empty :class:`RunItems` when absent). A cut last line is
-    dropped with a warning; a repeated key keeps its last record, with a warning."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.is_file():
+    """Read the run's per-item rows (``results.jsonl``, or the compact file's; empty
+    :class:`RunItems` when it has none). A cut last line of ``results.jsonl`` is dropped with a
+    warning; a repeated key keeps its last record, with a warning."""
+    rows = read_rows(run_dir)
+    if rows is None:
         logger.warning("%s: no results.jsonl, so no intervals or paired tests for this run", run_dir)
         return RunItems()
-    lines = jsonl_lines(path)
+    path = rows_path(run_dir)
     records: Dict[str, Dict] = {}
     repeated = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if lineno == len(lines):
-                logger.warning("%s:%d: cut last line dropped (%s)", path, lineno, e)
-                break
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
-        if not isinstance(rec, dict) or "key" not in rec:
-            raise ValueError(f"{path}:{lineno}: each line must be a JSON object with a 'key' (the stable item id)")
+    for rec in rows:
+        key = str(rec["key"])
         for section in ("flags", "values"):
             if not isinstance(rec.get(section) or {}, dict):
-                raise ValueError(f"{path}:{lineno}: '{section}' must be an object {{metric_name: "
+                raise ValueError(f"{path}: item {key!r}: '{section}' must be an object {{metric_name: "
                                  f"{'bool' if section == 'flags' else 'float'}}}, got {type(rec[section]).__name__}")
-        key = str(rec["key"])
         repeated += key in records
         records[key] = rec
     if repeated:
@@ -821,16 +788,16 @@ def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
 
 
 def write_report(root: PathLike, out: Optional[PathLike] = None,
-                 against: Sequence[str] = DEFAULT_AGAINST) -> List[Path]:
-    """Collect the runs under ``root``, write ``report.csv``, ``report.md`` and the plots into ``out``
-    (default ``root``); return the files written."""
+                 against: Sequence[str] = DEFAULT_AGAINST, plots: bool = True) -> List[Path]:
+    """Collect the runs under ``root``, write ``report.csv``, ``report.md`` and (unless ``plots`` is
+    false) the plots into ``out`` (default ``root``); return the files written."""
     out = Path(out) if out is not None else Path(root)
     table = summary_table(collect(root), against)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "report.csv", out / "report.md"
     atomic_write(csv_path, table.to_csv(index=False))
     atomic_write(md_path, to_markdown(table, against, title=f"Benchmark report: {root}"))
-    files = [csv_path, md_path] + plot_report(table, out)
+    files = [csv_path, md_path] + (plot_report(table, out) if plots else [])
     logger.info("wrote %s", ", ".join(str(f) for f in files))
     return files
 
@@ -846,10 +813,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: ROOT)")
     ap.add_argument("--against", default=",".join(DEFAULT_AGAINST),
                     help="comma-separated reference methods for paired tests (default: %(default)s; '' for none)")
+    ap.add_argument("--no-plots", action="store_true", help="write report.csv and report.md only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        files = write_report(args.root, args.out, _parse_against(args.against))
+        files = write_report(args.root, args.out, _parse_against(args.against), plots=not args.no_plots)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

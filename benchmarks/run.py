@@ -4,15 +4,18 @@
     python -m benchmarks.run -m method=ModelSurgery,DINM,none benchmark=safeedit,rtp,toxigen
     python -m benchmarks.run -m method=ModelSurgery benchmark=rtp hparams.alpha=0.5,1,2
 
-Each run writes into its Hydra output dir: ``config.yaml`` (resolved), ``results.jsonl``
-(one line per item, appended as items finish) and ``metrics.json``. Starting a run again with
-the same output dir (``hydra.run.dir=...``, or the same ``hydra.sweep.dir`` for a multirun)
-resumes it: finished items are read back, not redone; a finished run (every item done and
-``metrics.json`` written) is skipped whole, without loading the model or editing it (delete
-``metrics.json`` to recompute the metrics from ``results.jsonl``). A run holds a lock on its output dir
-(``.lock``, released when the process ends, however it ends), so a second run started on the
-same dir while the first is alive stops with an error instead of doing the work twice.
-``python -m benchmarks.report DIR`` puts the runs side by side.
+Each run writes into its Hydra output dir (by default under ``runs/``, which git ignores):
+``config.yaml`` (resolved), ``results.jsonl`` (one line per item, appended as items finish) and
+``metrics.json``. Starting a run again with the same output dir (``hydra.run.dir=...``, or the
+same ``hydra.sweep.dir`` for a multirun) resumes it: finished items are read back, not redone; a
+finished run (every item done and ``metrics.json`` written) is skipped whole, without loading the
+model or editing it (delete ``metrics.json`` to recompute the metrics from ``results.jsonl``). A
+compact run dir (``run.jsonl.bz2``, see ``benchmarks/compact.py``) is read-only: finished, it is
+skipped the same way; one that would need more items is refused with the command that expands
+it. A run holds a lock on its output dir (``.lock``, released when the process ends, however it
+ends), so a second run started on the same dir while the first is alive stops with an error
+instead of doing the work twice. ``python -m benchmarks.report DIR`` puts the runs side by side;
+``python -m benchmarks.publish DIR docs/results/...`` copies them into the published results.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import general  # noqa: F401  (registers benchmark=general)
 from .methods import check_hparams_keys, get_method_class, method_config_nodes
 from .protocols import Generation, RunContext, get_benchmark_class, benchmark_config_nodes, load_safeedit
-from .store import CONFIG, METRICS, ResultStore, RunLock, atomic_write_text
+from .rundir import is_compact, read_metrics, read_rows
+from .store import CONFIG, METRICS, CompactRunDir, ResultStore, RunLock, atomic_write_text
 
 logger = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -101,6 +105,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     options = {k: v for k, v in _plain(cfg.method).items() if k not in ("name", "variant", "hparams_file")}
     method = method_cls(cfg.model.name, variant=cfg.method.variant, overrides=_plain(cfg.hparams) or {},
                         hparams_file=cfg.method.hparams_file, device=cfg.device, options=options)
+    if is_compact(out_dir):  # read-only: skipped when finished, otherwise refused
+        done = {str(row["key"]) for row in read_rows(out_dir) or []}
+        missing = sum(it["key"] not in done for it in items)
+        if missing:
+            raise CompactRunDir(out_dir, f": {len(items) - missing} of this run's {len(items)} items")
+        logger.info("%s: finished (%d items, compact), skipped", out_dir, len(items))
+        return read_metrics(out_dir)
     with RunLock(out_dir):  # a second run on this folder fails here, before writing anything
         store = ResultStore(out_dir)
         finished = out_dir / METRICS

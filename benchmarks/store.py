@@ -1,5 +1,6 @@
 """A run's output folder: ``results.jsonl`` appended as items finish, ``metrics.json`` and the
-resolved ``config.yaml`` written atomically.
+resolved ``config.yaml`` written atomically (the working form; :mod:`benchmarks.rundir` reads it
+and the compact form, which is read-only here).
 
 ``results.jsonl`` is append-only: each finished item is one line, written whole and flushed to
 disk before the next chunk starts. A run killed mid-write can leave a partial last line (with or
@@ -20,13 +21,19 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
+from benchmarks.rundir import COMPACT, CONFIG, EXPAND_HINT, METRICS, RESULTS  # noqa: F401  (CONFIG: run)
 from surgery_editor.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
 
 logger = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
-METRICS = "metrics.json"
-CONFIG = "config.yaml"
+
+class CompactRunDir(RuntimeError):
+    """The run directory holds a compact run (``run.jsonl.bz2``), which nothing appends to."""
+
+    def __init__(self, run_dir: Union[str, Path], detail: str = ""):
+        super().__init__(f"{run_dir} holds a compact run ({COMPACT}{detail}), which is read-only; to run it "
+                         f"further, turn it back into the working form first: "
+                         + EXPAND_HINT.format(dir=run_dir))
 
 
 class RunDirInUse(RuntimeError):
@@ -95,6 +102,8 @@ class ResultStore:
 
     def __init__(self, run_dir: Union[str, Path]):
         self.dir = Path(run_dir)
+        if (self.dir / COMPACT).is_file():
+            raise CompactRunDir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / RESULTS
         self.rows: Dict[str, Dict[str, Any]] = {}

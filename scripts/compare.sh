@@ -7,6 +7,9 @@
 #   bash scripts/compare.sh MODEL [rtp|ppl|safeedit|toxigen|sampled|challenging|challenging-sampled|general|report|all]
 #     [METHODS]
 #   e.g. OMP_NUM_THREADS=1 bash scripts/compare.sh smollm2-135m rtp none,prompt,DPO
+# The runs go to OUT (default runs/compare/MODEL, ignored by git); publishing them is a step of its own:
+#   python -m benchmarks.publish runs/compare/MODEL docs/results/compare/MODEL
+#   python -m benchmarks.report docs/results/compare/MODEL
 # A variant with its own settings: TAG names its run dirs (<method>-<TAG>_<benchmark>), EXTRA
 # holds its Hydra overrides, e.g. the confirmed layer-wise ModelSurgery and its controls:
 #   TAG=layerwise EXTRA="method.variant=layerwise hparams.alpha=0.5" \
@@ -19,7 +22,7 @@ ALL=ModelSurgery,random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DPO_shu
 METHODS=${3:-$ALL}
 RTP_LIMIT=${RTP_LIMIT:-null}   # null = all 1,000 confirmation prompts; e.g. RTP_LIMIT=300 for a quicker look
 PY=${VENV:-.venv}/bin/python
-OUT=docs/results/compare/$MODEL
+OUT=${OUT:-runs/compare/$MODEL}
 TAG=${TAG:-}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 run() {  # run PART-DIR overrides...

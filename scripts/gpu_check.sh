@@ -2,10 +2,10 @@
 # A short check of the harness on a GPU (device=cuda, bf16): six methods on the first RTP_LIMIT
 # prompts of the RTP confirmation split, their report, and the SafeEdit prefix-sharing timing on
 # the GPU. Needs the project's requirements and the embedded model where it runs.
-#   bash scripts/gpu_check.sh [OUT_DIR]        (RTP_LIMIT=300 by default)
+#   bash scripts/gpu_check.sh [OUT_DIR]        (default runs/gpu_check; RTP_LIMIT=300 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-gpu_check}
+OUT=${1:-runs/gpu_check}
 PY=${PYTHON:-python3}
 "$PY" -m benchmarks.run -m model=smollm2-135m method=none,ModelSurgery,random,ProFS,steer,prompt benchmark=rtp \
   benchmark.subset=confirm benchmark.limit="${RTP_LIMIT:-300}" device=cuda model.dtype=bfloat16 \

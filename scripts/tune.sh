@@ -6,12 +6,14 @@
 #
 #   bash scripts/tune.sh smollm2-135m [steer|ProFS|...]    (OMP_NUM_THREADS=1 when sharing cores)
 #   (a name runs every screen whose name starts with it: surgery2 = surgery2, surgery2_q2, ...)
+# The runs go to OUT (default runs/tuning/MODEL, ignored by git); to publish them:
+#   python -m benchmarks.publish runs/tuning/MODEL docs/results/tuning/MODEL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
 ONLY=${2:-}
 PY=${VENV:-.venv}/bin/python
-OUT=docs/results/tuning/$MODEL
+OUT=${OUT:-runs/tuning/$MODEL}
 
 screen() {  # screen NAME BENCH method-and-hparams-overrides...   (BENCH: rtp = tuning split, ppl = perplexity)
   local name=$1 bench=$2; shift 2
