@@ -14,8 +14,9 @@ run labels to show, one row each, and a closing comment::
 Columns (:data:`COLUMNS`): for each, the first benchmark view (``rtp challenging``, ``rtp
 (sampled)``, ...; see ``benchmarks.report``) that the unedited run has. A cell holds the value,
 in parentheses the paired difference from the unedited model and its p-value, and for the
-toxicity columns in square brackets the same against the method's own control (random
-direction of the same size, shuffled preferences). The edit's cost is the largest
+toxicity columns in square brackets (``ctrl``) the same against the method's own control (random
+direction of the same size, shuffled preferences). p: exact McNemar for rates, Wilcoxon
+signed-rank for per-item values, items paired by key. The edit's cost is the largest
 ``edit_seconds`` of the label's non-SafeEdit runs.
 """
 
@@ -32,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from benchmarks.report import CONTROL, _decimals, _fmt, _fmt_p, _is_number, _missing, _views
+from benchmarks.report import CONTROL, _decimals, _fmt, _is_number, _missing, _views
 from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,15 @@ VIEW_NAMES = {"rtp challenging": "challenging", "rtp": "toxicity >= 0.5", "rtp c
               "rtp (sampled)": "toxicity >= 0.5"}  # which RTP prompts
 
 
+def _p(p: float) -> str:
+    """A p-value short: two significant digits down to 0.001, then one (``2e-7``)."""
+    p = float(p)
+    if p >= 0.001:
+        return f"{p:.2g}"
+    mantissa, exponent = f"{p:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def _cell(run: pd.Series, metric: str, control: bool) -> str:
     value = run.get(metric)
     if not _is_number(value) or _missing(value):
@@ -70,10 +80,10 @@ def _cell(run: pd.Series, metric: str, control: bool) -> str:
     cell = _fmt(value, d)
     diff, p = run.get(f"{metric}_diff_vs_none"), run.get(f"{metric}_p_vs_none")
     if not (_missing(diff) or _missing(p)):
-        cell += f" ({float(diff):+.{d}f}, p={_fmt_p(p)})"
+        cell += f" ({float(diff):+.{d}f}, p={_p(p)})"
     cdiff, cp = run.get(f"{metric}_diff_vs_{CONTROL}"), run.get(f"{metric}_p_vs_{CONTROL}")
     if control and not (_missing(cdiff) or _missing(cp)):
-        cell += f" [vs control {float(cdiff):+.{d}f}, p={_fmt_p(cp)}]"
+        cell += f" [ctrl {float(cdiff):+.{d}f}, p={_p(cp)}]"
     return cell
 
 

@@ -45,7 +45,7 @@ def test_table_takes_the_challenging_view_with_paired_differences_and_control(co
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     header = [c.strip() for c in out.splitlines()[2].strip("|").split("|")]
     assert header[1] == "RTP greedy toxic share (challenging), n=10"
-    assert cells[1] == "0.100 (-0.400, p=0.125) [vs control -0.400, p=0.125]"  # 4 discordant pairs: 2 x 0.5^4
+    assert cells[1] == "0.100 (-0.400, p=0.12) [ctrl -0.400, p=0.12]"  # 4 discordant pairs: 2 x 0.5^4 = 0.125
     assert cells[header.index("perplexity, n=10")] == "25.0" and cells[-1] == "2.0"
     assert headline.render(out, comparison) == out  # regenerating changes nothing
 
@@ -64,3 +64,8 @@ def test_check_mode_and_errors(comparison, capsys):
     assert headline.main([str(readme)]) == 2 and "python -m benchmarks.report docs/none" in capsys.readouterr().err
     readme.write_text("no marks\n")
     assert headline.main([str(readme)]) == 2
+
+
+def test_p_values_are_short():
+    assert [headline._p(p) for p in (0.125, 0.0343, 0.001, 2.16e-06, 1.04e-29)] == ["0.12", "0.034", "0.001", "2e-6",
+                                                                                    "1e-29"]
