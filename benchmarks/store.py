@@ -29,6 +29,25 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 
 
+def stored_config(run_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """The resolved config a run dir's results were made with (its ``config.yaml``), as a
+    nested dict; ``None`` when the dir has none. An unreadable one is an error naming it."""
+    import yaml
+
+    from surgery_editor.fileio import read_text
+
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(config).__name__}")
+    return config
+
+
 class RunDirInUse(RuntimeError):
     """Another live process holds the run directory's lock."""
 
