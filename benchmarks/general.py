@@ -24,7 +24,8 @@ perplexity. Metrics: each of those averaged (perplexities aggregated with lm-eva
 functions), ``acc_mean`` / ``acc_norm_mean`` (the mean of the multiple-choice tasks'
 accuracies), ``mc_acc`` / ``mc_acc_norm`` (the share of all offline multiple-choice items
 answered right: the same outcomes pooled, which the report pairs across methods),
-``perplexity`` (word perplexity of ``ppl``), ``n`` and ``n/<task>``.
+``perplexity`` (word perplexity of ``ppl``), ``n`` and ``n/<task>``. A metric whose tasks did not
+run (``acc_mean`` without a multiple-choice task, ``perplexity`` without ``ppl``) is left out.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class GeneralConfig:
             raise ValueError(f"benchmark.limits: {unknown} not in benchmark.tasks {self.tasks}")
         if self.chunk_size < 1:
             raise ValueError(f"benchmark.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"benchmark.num_fewshot must be an integer >= 0 or null (= each task's own), "
+                             f"got {self.num_fewshot!r}")
 
     def limit(self, task: str) -> Optional[int]:
         """Docs of ``task`` to evaluate (None = all); ``ppl`` (46 texts) only by ``limits.ppl``."""
@@ -165,8 +169,10 @@ def aggregate(rows: Sequence[Dict[str, Any]], mc_tasks: Sequence[str]) -> Dict[s
         out[f"n/{task}"] = n
     for metric in ("acc", "acc_norm"):
         present = [out[f"{metric}/{t}"] for t in mc_tasks if f"{metric}/{t}" in out]
-        out[f"{metric}_mean"] = float(np.mean(present)) if present else float("nan")
-    out["perplexity"] = out.get(f"word_perplexity/{PPL}", float("nan"))
+        if present:  # left out, not NaN, when no multiple-choice task ran
+            out[f"{metric}_mean"] = float(np.mean(present))
+    if f"word_perplexity/{PPL}" in out:
+        out["perplexity"] = out[f"word_perplexity/{PPL}"]
     return out
 
 

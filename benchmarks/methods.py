@@ -9,8 +9,10 @@ A method reads its settings from the EasyEdit-style YAML users give EasyEdit
 ``hparams.<key>=value`` overrides on top. Its operations are ``edit(model, tok, requests) ->
 handle`` and ``restore(model, handle)``; ``per_instance`` says whether the edit depends on the
 SafeEdit instance (then the benchmarks edit and restore around every instance) or is made once
-per run; ``input_transform`` (prompt methods) says how the inputs change. The Hydra config group
-``method/<name>`` is generated from this table (see :func:`method_config_nodes`).
+per run; ``input_transform`` (prompt methods) says how the inputs change; ``check_data`` reads the
+method's own data (probe texts, preference pairs) before the model loads, under the run's
+``data_dir`` unless its YAML or ``hparams.data_dir`` names another folder. The Hydra config
+group ``method/<name>`` is generated from this table (see :func:`method_config_nodes`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Method:
 
     def __init__(self, model_name: str, variant: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                  hparams_file: Optional[str] = None, device: str = "cpu",
-                 options: Optional[Mapping[str, Any]] = None):
+                 options: Optional[Mapping[str, Any]] = None, data_dir: Optional[str] = None):
         self.model_name, self.variant = model_name, variant
         self.hparams = None
         self.base_settings: Dict[str, Any] = {}
@@ -92,6 +94,12 @@ class Method:
         layers = self.last_info.get("layers")
         return list(layers) if self.per_instance and layers is not None else None
 
+    def check_data(self) -> None:
+        """Read the method's own data (probe texts, preference pairs) and refuse what cannot
+        give a meaningful edit; the harness calls it before the model loads."""
+        if self.hparams is not None:
+            self.hparams.check_data()
+
     def edit(self, model, tok, requests: List[Dict[str, Any]]) -> Any:
         return None
 
@@ -122,8 +130,8 @@ class AlgorithmMethod(Method):
 
     def __init__(self, model_name: str, variant: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                  hparams_file: Optional[str] = None, device: str = "cpu",
-                 options: Optional[Mapping[str, Any]] = None):
-        super().__init__(model_name, variant, overrides, hparams_file, device, options)
+                 options: Optional[Mapping[str, Any]] = None, data_dir: Optional[str] = None):
+        super().__init__(model_name, variant, overrides, hparams_file, device, options, data_dir)
         algo = self.algorithm
         self.options = {**algo.options, **{k: v for k, v in (options or {}).items() if k in algo.options}}
         self._apply, self.facts = (algo.make_apply(self.options) if algo.make_apply else (algo.apply, {}))
@@ -145,6 +153,8 @@ class AlgorithmMethod(Method):
         base = algo.hparams_cls.from_hparams(str(path))
         self.base_settings = base.to_dict()
         merged = {**base.to_dict(), **self.overrides, **self.fixed, "device": device}
+        if data_dir is not None and "data_dir" in fields and merged.get("data_dir") is None:
+            merged["data_dir"] = data_dir  # the run's, where neither the YAML nor hparams.data_dir names one
         for group in algo.exclusive:  # setting one key of a group clears the YAML's other
             set_here = [k for k in group if k in self.overrides]
             merged.update({k: None for k in group if set_here and k not in set_here})

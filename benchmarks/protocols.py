@@ -22,7 +22,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery_editor.activations import model_device
-from surgery_editor.data import load_table, resolve_data_dir
+from surgery_editor.checks import check_count
+from surgery_editor.data import load_table, resolve_data_dir, resolve_path
+from surgery_editor.fileio import read_text
+from surgery_editor.hparams import check_field_types
 from surgery_editor.evaluation import (answer_token_accuracy, generate, generate_shared_prefix, ngram_entropy, sample,
                                        uses_chat)
 from surgery_editor.judges import TOXIC_THRESHOLD
@@ -56,6 +59,8 @@ class Generation:
             if f.name != "chat":
                 check_count(f"generation.{f.name}", getattr(self, f.name), allow_none=f.default is None,
                             none_means="the protocol's value")
+        if not any(self.chat is v for v in (None, True, False)) and self.chat != "auto":
+            raise ValueError(f"generation.chat must be true, false, auto or null (= the protocol's), got {self.chat!r}")
 
 
 @dataclass
@@ -67,17 +72,6 @@ class RunContext:
     generation: Generation
     data_dir: Optional[str] = None
     seed: int = 0
-
-
-def check_count(name: str, value: Any, allow_none: bool = True, what: str = "", none_means: str = "no limit") -> None:
-    """``value`` must be a positive integer (or ``None`` where ``allow_none``); otherwise a
-    ``ValueError`` naming the option (e.g. ``benchmark.limit``) and ``what`` it belongs to."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        valid = "a positive integer" + (f" or null (= {none_means})" if allow_none else "")
-        got = f"the string {value!r}" if isinstance(value, str) else repr(value)
-        raise ValueError(f"{name}{f' ({what})' if what else ''} must be {valid}, got {got}")
 
 
 class Benchmark:
@@ -104,11 +98,20 @@ class Benchmark:
             if key in config and key in fields:
                 check_count(f"benchmark.{key}", config[key], allow_none=fields[key].default is None,
                             what=f"benchmark {self.name}")
-        self.cfg = self.Config(**{k: v for k, v in config.items() if k in known})
+        given = {k: v for k, v in config.items() if k in known}
+        self.cfg = self.Config(**check_field_types(self.Config, given, what="benchmark"))
         self.data_dir = data_dir
+        self.source = f"benchmark {self.name}"  # where the items come from; load_items names the file
+
+    def items(self) -> List[Dict[str, Any]]:
+        """:meth:`load_items`, checked by :func:`check_items` (at least one item, no key twice)."""
+        items = self.load_items()
+        check_items(items, self.source)
+        return items
 
     # -- to implement ---------------------------------------------------------------------
     def load_items(self) -> List[Dict[str, Any]]:
+        """The items, each with a ``key`` unique within the benchmark; sets ``self.source``."""
         raise NotImplementedError
 
     def evaluate(self, ctx: RunContext, items: List[Dict[str, Any]]) -> Iterator[List[Dict[str, Any]]]:
@@ -159,6 +162,22 @@ class Benchmark:
             yield chunk
             bar.update(len(chunk))
         bar.close()
+
+
+def check_items(items: Sequence[Dict[str, Any]], source: str) -> None:
+    """Refuse an empty item list, and items that share a key: results are stored per key, so
+    two such items would be evaluated once and counted twice. Errors name ``source``."""
+    if not items:
+        raise ValueError(f"{source}: no items to evaluate")
+    positions: Dict[str, List[int]] = {}
+    for i, it in enumerate(items):
+        positions.setdefault(str(it["key"]), []).append(i)
+    twice = {k: v for k, v in positions.items() if len(v) > 1}
+    if twice:
+        shown = "; ".join(f"key {k!r} at positions {v}" for k, v in list(twice.items())[:5])
+        raise ValueError(f"{source}: {len(twice)} item key(s) occur more than once ({shown}"
+                         f"{' ...' if len(twice) > 5 else ''}); results are stored per key, so these items would be "
+                         "evaluated once and counted twice. Every record needs its own key (SafeEdit: its 'id')")
 
 
 def _field(record: Dict[str, Any], path: Sequence[str], source: str, item: Any) -> Any:
@@ -235,6 +254,22 @@ def _stable_int(key: str) -> int:
     return zlib.crc32(str(key).encode())
 
 
+PROTOCOLS = ("greedy", "sampled")
+
+
+def check_sampling_options(cfg: Any) -> None:
+    """The options RTP and ToxiGen share: ``protocol`` one of :data:`PROTOCOLS`, ``top_p`` in
+    (0, 1], ``temperature`` > 0 (``num_samples`` is a count option)."""
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"benchmark.protocol must be one of {list(PROTOCOLS)}, got {cfg.protocol!r}")
+    for key, low, high in (("top_p", 0.0, 1.0), ("temperature", 0.0, None)):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > low and (high is None or value <= high)):
+            valid = f"in ({low:g}, {high:g}]" if high is not None else f"> {low:g}"
+            raise ValueError(f"benchmark.{key} must be a number {valid}, got {value!r}")
+
+
 RTP_SAMPLE = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
 
 # Named RTP prompt sets (``benchmark.prompts``): each fills the options left null.
@@ -254,7 +289,7 @@ RTP_PROMPT_SETS: Dict[str, Dict[str, Any]] = {
 @dataclass
 class RTPConfig:
     prompts: str = "sample"  # a named prompt set (RTP_PROMPT_SETS): sample | challenging
-    # null = the prompt set's value for each of these five
+    # null = the prompt set's value for each of these five (confirm_size: or its confirm_share)
     path: Optional[str] = None  # a local file or the hub id allenai/real-toxicity-prompts
     min_prompt_toxicity: Optional[float] = None  # keep prompts at or above it (0 = keep all)
     challenging_only: Optional[bool] = None
@@ -277,13 +312,12 @@ class RTPConfig:
     def __post_init__(self):
         if self.prompts not in RTP_PROMPT_SETS:
             raise ValueError(f"benchmark.prompts must be one of {sorted(RTP_PROMPT_SETS)}, got {self.prompts!r}")
-        if self.protocol not in ("greedy", "sampled"):
-            raise ValueError(f"benchmark.protocol must be 'greedy' or 'sampled', got {self.protocol!r}")
+        check_sampling_options(self)
         if self.subset not in (None, "tune", "confirm"):
             raise ValueError(f"benchmark.subset must be null, 'tune' or 'confirm', got {self.subset!r}")
         preset = RTP_PROMPT_SETS[self.prompts]
-        for key in ("path", "min_prompt_toxicity", "challenging_only", "exclude"):
-            if getattr(self, key) is None:
+        for key in ("path", "min_prompt_toxicity", "challenging_only", "exclude", "confirm_size"):
+            if getattr(self, key) is None and key in preset:
                 setattr(self, key, preset[key])
         if self.path is None:  # the challenging set's file, fetched by python -m benchmarks.challenging
             from .challenging import challenging_path
@@ -323,10 +357,9 @@ class RealToxicityPrompts(_ContinuationToxicity):
                 for row, record in enumerate(frame.to_dict("records"))}
 
     def _split_size(self, n: int) -> int:
-        if self.cfg.confirm_size is not None:
+        if self.cfg.confirm_size is not None:  # given, or the prompt set's
             return self.cfg.confirm_size
-        preset = RTP_PROMPT_SETS[self.cfg.prompts]
-        return preset["confirm_size"] if "confirm_size" in preset else int(round(preset["confirm_share"] * n))
+        return int(round(RTP_PROMPT_SETS[self.cfg.prompts]["confirm_share"] * n))
 
     def load_items(self):
         from .challenging import challenging_path
@@ -335,8 +368,9 @@ class RealToxicityPrompts(_ContinuationToxicity):
             raise FileNotFoundError(f"benchmark.prompts=challenging: {self.cfg.path} not found; fetch it once with "
                                     "`python -m benchmarks.challenging` (scripts/setup.sh does)")
         frame, source = load_table(self.cfg.path, self.data_dir, self.cfg.split, what="benchmark.path (rtp)")
+        self.source = source
         excluded = self._excluded()
-        items, seen, dropped = [], {}, 0
+        items, dropped = [], 0
         for row, record in enumerate(frame.to_dict("records")):
             text = _text(record, ("prompt", "text"), source, f"row {row}")
             tox = record["prompt"].get("toxicity")
@@ -367,6 +401,9 @@ class RealToxicityPrompts(_ContinuationToxicity):
         return items
 
 
+TOXIGEN_KINDS = ("hate", "neutral")
+
+
 @dataclass
 class ToxiGenConfig:
     path: str = "toxigen/prompts_first100"  # a folder of <kind>_<group>_*.txt prompt files, or one file
@@ -378,6 +415,12 @@ class ToxiGenConfig:
     num_samples: int = 25
     top_p: float = 0.9
     temperature: float = 1.0
+    sort_free: bool = True  # as RTP's
+
+    def __post_init__(self):
+        if self.kind not in TOXIGEN_KINDS:
+            raise ValueError(f"benchmark.kind must be one of {list(TOXIGEN_KINDS)}, got {self.kind!r}")
+        check_sampling_options(self)
 
 
 @register_benchmark
@@ -401,17 +444,23 @@ class ToxiGen(_ContinuationToxicity):
             raise FileNotFoundError(f"benchmark.path (toxigen) {self.cfg.path!r} not found (tried it as given and "
                                     f"under {resolve_data_dir(self.data_dir)}); expected a folder of ToxiGen prompt "
                                     "files such as hate_asian_1k.txt")
+        self.source = str(root)
         files = [root] if root.is_file() else sorted(root.glob(f"{self.cfg.kind}_*.txt"))
         if not files:
             raise FileNotFoundError(f"{root}: no {self.cfg.kind}_<group>_*.txt prompt files")
-        per_group = {}
+        per_group, group_file = {}, {}
         for f in files:
             group = f.stem[len(self.cfg.kind) + 1 :].rsplit("_", 1)[0] if f.stem.startswith(self.cfg.kind) else f.stem
             if self.cfg.groups and group not in self.cfg.groups:
                 continue
-            lines = [ln.rstrip("\n") for ln in f.read_text(encoding="utf-8").splitlines()]
+            if group in group_file:
+                raise ValueError(f"{root}: {group_file[group].name} and {f.name} are both prompt files of group "
+                                 f"{group!r}; keep one file per group (its items would be keyed {group}:<n> twice)")
+            lines = read_text(f, "ToxiGen prompt file").splitlines()
             prompts = [ln.replace("\\n", "\n") for ln in lines if ln.strip()]
-            per_group[group] = prompts[: self.cfg.limit_per_group]
+            if not prompts:
+                raise ValueError(f"ToxiGen prompt file {f}: no prompts (every line is blank)")
+            per_group[group], group_file[group] = prompts[: self.cfg.limit_per_group], f
         missing = sorted(set(self.cfg.groups or ()) - set(per_group))
         if missing:
             raise ValueError(f"{root}: no prompt file for group(s) {missing}; groups found: "
@@ -458,6 +507,10 @@ class SafeEditConfig:
     # on a CPU (compute-bound: fewer tokens is faster), off on a GPU (wide batches are cheap
     # there and the groups' extra calls cost more; benchmarks.perf measures both)
     share_prefix: Any = "auto"
+
+    def __post_init__(self):
+        if not any(self.share_prefix is v for v in (True, False)) and self.share_prefix != "auto":
+            raise ValueError(f"benchmark.share_prefix must be true, false or auto, got {self.share_prefix!r}")
 
 
 def safeedit_request(record: Dict[str, Any], source: str = "SafeEdit", item: Any = "?") -> Dict[str, Any]:
@@ -544,12 +597,11 @@ class SafeEdit(Benchmark):
         return True
 
     def load_items(self):
+        self.source = str(resolve_path(self.cfg.path, self.data_dir) or self.cfg.path)
         return load_safeedit(self.cfg.path, self.data_dir, self.cfg.split, self.cfg.limit)
 
     def shares_prefix(self, model) -> bool:
         value = self.cfg.share_prefix
-        if value not in (True, False, "auto"):
-            raise ValueError(f"benchmark.share_prefix must be true, false or auto, got {value!r}")
         return model_device(model).type == "cpu" if value == "auto" else bool(value)
 
     def _responses(self, ctx, items, suffix: str) -> List[Dict[str, str]]:

@@ -9,7 +9,8 @@ scored by ``--judge``: greedy rows get a new ``score``, ``flags.toxic_rate`` and
 new ``scores``, ``unsafe``, ``flags`` and ``DG_avg``, with ``fluency`` recomputed from the
 stored responses (``knowledge``, a log-likelihood measure, is kept); ``metrics.json`` is
 recomputed by the benchmark's own ``metrics`` with ``judge`` set to the new name (the rest,
-costs included, is kept). Other runs are skipped. ``python -m
+costs included, is kept), and so is the copied ``config.yaml`` (so a run resumed there keeps the
+new judge). Other runs are skipped. ``python -m
 benchmarks.report DST`` then gives the same table under that judge, paired item by item.
 The rejudged runs are written in the working form (``python -m benchmarks.publish`` compacts them);
 files are written whole (temporary file and rename); a run already rejudged is skipped.
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import yaml
 
 from benchmarks.protocols import get_benchmark_class, judged_safeedit_row
 from benchmarks.rundir import Run, find_run_dirs, is_run, read_metrics, read_run, write_expanded
-from surgery_editor.judges import TOXIC_THRESHOLD, get_judge
+from benchmarks.store import stored_config
+from surgery_editor.judges import TOXIC_THRESHOLD, get_judge_reading
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,12 @@ def rejudge_run(src: Path, dst: Path, judge, judge_name: str) -> bool:
     rows = rescore_rows(run.rows or [], judge)
     new = {**metrics, **_benchmark_metrics(metrics["benchmark"], metrics.get("protocol"), rows),
            "judge": judge_name, "rejudged_from": str(src)}
+    config = stored_config(src)
+    if config is not None:  # the copy says which judge scored it, so a resume there keeps that judge
+        config.update(judge=judge_name, judge_kwargs={})
+    text = None if config is None else yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     # the working form, as benchmarks.run writes it (metrics.json last: a run counts once it exists)
-    write_expanded(dst, Run(metrics=new, config=run.config, rows=rows))
+    write_expanded(dst, Run(metrics=new, config=text, rows=rows))
     return True
 
 
@@ -96,12 +103,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("src", help="a run directory or a folder of them")
     ap.add_argument("--judge", required=True, help="judge name (see surgery_editor.judges), e.g. toxicity")
     ap.add_argument("--out", required=True, help="folder for the rejudged runs (same relative layout)")
+    ap.add_argument("--data-dir", default=None,
+                    help="offline data folder a judge trains on (default: $SURGERY_EDITOR_DATA_DIR, else "
+                         "../shared/data)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     src_root, out = Path(args.src), Path(args.out)
     if out.resolve() == src_root.resolve():
         raise SystemExit("--out must differ from SRC (the original runs are kept)")
-    judge = get_judge(args.judge)
+    judge = get_judge_reading(args.judge, args.data_dir)
     runs, _ = find_run_dirs(src_root)
     done = sum(rejudge_run(run, out / run.relative_to(src_root), judge, args.judge) for run in runs)
     logger.info("rejudged %d of %d runs with %s into %s", done, len(runs), args.judge, out)

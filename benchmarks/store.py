@@ -36,6 +36,34 @@ class CompactRunDir(RuntimeError):
                          + EXPAND_HINT.format(dir=run_dir))
 
 
+def stored_config(run_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """The resolved config a run dir's results were made with (its ``config.yaml``), as a
+    nested dict; ``None`` when the dir has none. An unreadable one is an error naming it."""
+    import yaml
+
+    from surgery_editor.fileio import read_text
+
+    from .rundir import is_compact, read_run
+
+    path = Path(run_dir) / CONFIG
+    if is_compact(run_dir):  # the config text is in the compact file's header
+        path = Path(run_dir) / "run.jsonl.bz2"
+        text = read_run(run_dir).config
+        if text is None:
+            return None
+    elif not path.exists():
+        return None
+    else:
+        text = read_text(path)
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(config).__name__}")
+    return config
+
+
 class RunDirInUse(RuntimeError):
     """Another live process holds the run directory's lock."""
 

@@ -7,9 +7,11 @@ the same RealToxicityPrompts prompts (prompt toxicity >= 0.5) are continued gree
 tokens and judged offline, a fluency check runs (chat answers to fixed instructions:
 distinct-2, repeated 4-grams; perplexity on BoolQ passages), and the edit is reverted.
 Each finished condition is appended to ``results.jsonl`` (per-prompt flags included), so a
-rerun resumes where it stopped. The summary table (toxic share with a 95% Wilson interval,
-exact McNemar p against the unedited model and against the condition's random-direction
-and reversed-sign controls) is written as CSV and Markdown, with a plot of toxic share against fluency.
+rerun resumes where it stopped; a record made with another model, judge, number of prompts or
+condition settings is neither reused nor summarised (the condition runs again). The summary
+table (toxic share with a 95% Wilson interval, exact McNemar p against the unedited model and
+against the condition's random-direction and reversed-sign controls) is written as CSV and
+Markdown, with a plot of toxic share against fluency.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pandas as pd
 from surgery_editor import ModelSurgeryHyperParams, load_model
 from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
 from surgery_editor.fileio import atomic_write, jsonl_lines
-from surgery_editor.judges import get_judge
+from surgery_editor.judges import get_judge_reading
 from surgery_editor.methods.model_surgery.surgery import compute_patch
 
 from benchmarks.stats import mcnemar_exact
@@ -153,14 +155,20 @@ def main(argv=None) -> int:
     results = out / "results.jsonl"
     _drop_partial_line(results)
     base_hp = ModelSurgeryHyperParams.from_hparams(args.hparams or f"hparams/ModelSurgery/{args.model}.yaml")
-    model, tok = load_model(base_hp.model_name, device=base_hp.device)
-    judge = get_judge(args.judge)
+    judge = get_judge_reading(args.judge, base_hp.data_dir)
     prompts = load_rtp_prompts(None, base_hp.data_dir, limit=args.rtp_limit)["text"].tolist()
     ppl_texts = load_ppl_texts(base_hp.data_dir)
+    model, tok = load_model(base_hp.model_name, device=base_hp.device)
     conditions = {}
     for name in args.sets:
         conditions.update(CONDITION_SETS[args.model][name])
-    done = {r["condition"] for r in _read(results) if r.get("n") == len(prompts)}
+
+
+    def current(r: Dict) -> bool:  # a record made with this run's model, judge, prompts and condition settings
+        return (r.get("model") == args.model and r.get("judge") == args.judge and r.get("n") == len(prompts)
+                and r.get("overrides") == conditions.get(r["condition"], r.get("overrides")))
+
+    done = {r["condition"] for r in _read(results) if current(r)}
     for name, overrides in conditions.items():
         if name in done:
             logger.info("%s: already in %s", name, results)
@@ -185,7 +193,7 @@ def main(argv=None) -> int:
                       samples=tox.continuations[:5])
         _append(results, record)
         logger.info("%s: toxic %.1f%%, distinct-2 %.3f", name, 100 * tox.toxic_rate, record["fluency"]["distinct_2"])
-    table = summarise([r for r in _read(results) if r["condition"] in conditions or r["condition"] == "unedited"])
+    table = summarise([r for r in _read(results) if current(r) and r["condition"] in {*conditions, "unedited"}])
     atomic_write(out / "summary.csv", table.to_csv(index=False))
     atomic_write(out / "summary.md", table.to_markdown(index=False, floatfmt=".3g"))
     plot(table, out / "toxic_vs_fluency.png", f"{args.model}: RealToxicityPrompts (n={len(prompts)}, "

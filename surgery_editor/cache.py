@@ -108,5 +108,11 @@ class TensorCache:
             return None
 
     def put(self, key: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> None:
+        """Store an entry; a cache folder that cannot be written costs the reuse, not the
+        result just computed (logged, naming the folder)."""
         if self.enabled:
-            atomic_save(tensors, self.path(key), metadata)
+            try:
+                atomic_save(tensors, self.path(key), metadata)
+            except OSError as err:
+                logger.warning("cache entry %s not written (%s); set cache_dir or $SURGERY_EDITOR_CACHE to a "
+                               "writable folder to reuse it", self.path(key), err)

@@ -2,7 +2,8 @@
 
     python -m surgery_editor --hparams hparams/ModelSurgery/smollm2-135m.yaml --rtp-limit 200
 
-Trains (or loads) the probe, edits the model, and prints: probe held-out accuracy, rows
+Every argument, data file and output path is checked before the model loads. Trains (or
+loads) the probe, edits the model, and prints: probe held-out accuracy, rows
 edited, edit time next to the forward-only time over the same probe texts, the toxic share
 of greedy RealToxicityPrompts continuations (prompt toxicity >= 0.5, offline judge) before
 and after with an exact McNemar test, and a fluency check before and after.
@@ -15,17 +16,19 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import yaml
 
 from .activations import pooled_hidden_states
-from .data import load_probe_texts
+from .checks import check_count
 from .evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar_exact, rtp_toxicity
+from .fileio import atomic_write, check_writable_dir
 from .methods.model_surgery.hparams import ModelSurgeryHyperParams
-from .judges import get_judge
-from .models import load_model
-from .methods.model_surgery.surgery import compute_patch
+from .judges import get_judge_reading
+from .models import check_model_args, load_model
+from .methods.model_surgery.surgery import compute_patch, probe_texts
 
 
 def parse_overrides(pairs: List[str]) -> dict:
@@ -61,13 +64,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # Every argument, file and output path is checked here, before the model loads.
+    try:
+        check_count("--rtp-limit", args.rtp_limit, allow_none=False)
+        check_count("--max-new-tokens", args.max_new_tokens, allow_none=False)
+        if args.json:
+            _check_output(args.json, "--json")
+        if args.save_patch:
+            _check_output(args.save_patch, "--save-patch", folder=True)
+    except (ValueError, OSError) as err:
+        ap.error(str(err))
     hp = load_hparams(args.hparams, parse_overrides(args.set))
     if hp.probe_source != "dataset":
         raise SystemExit(f"{args.hparams}: the command-line job needs probe_source: dataset")
-    model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
-    judge = get_judge(args.judge)
+    check_model_args(hp.model_name, hp.device, "float16" if hp.fp16 else None)
+    judge = get_judge_reading(args.judge, hp.data_dir)
     prompts = load_rtp_prompts(args.rtp_path, hp.data_dir, limit=args.rtp_limit)["text"].tolist()
     ppl_texts = load_ppl_texts(hp.data_dir)
+    texts = probe_texts(hp).texts
+    model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
 
     before = rtp_toxicity(model, tok, prompts, judge, args.max_new_tokens)
     flu_before = fluency_check(model, tok, ppl_texts=ppl_texts)
@@ -75,7 +90,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     patch = compute_patch(model, tok, hp, use_cache=False)
     edit_seconds = time.perf_counter() - t0
-    texts = load_probe_texts(hp.probe_data, hp.data_dir).texts
     t0 = time.perf_counter()
     pooled_hidden_states(model, tok, texts, layer=hp.probe_layer, pooling=hp.probe_pooling,
                          max_length=hp.probe_max_length, batch_size=hp.activation_batch_size)
@@ -111,9 +125,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key in ("distinct_2", "repetition_4gram", "perplexity"):
         print(f"  fluency {key}: before {flu_before[key]:.3f}  after {flu_after[key]:.3f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        atomic_write(args.json, json.dumps(summary, indent=2, default=str) + "\n")
     return 0
+
+
+def _check_output(path: str, option: str, folder: bool = False) -> None:
+    """``path`` can be written as a file (or, with ``folder``, as a saved patch's folder, which
+    is replaced whole): its parent folder is writable, nothing of the other kind is in the way,
+    and a folder to be replaced holds a saved patch or nothing."""
+    target = Path(path).expanduser()
+    if target.exists() and target.is_dir() != folder:
+        raise IsADirectoryError(f"{option} {path}: is a {'file' if folder else 'folder'}; expected "
+                                f"{'a folder (the patch is saved as one)' if folder else 'a file name'}")
+    if folder and target.is_dir() and any(target.iterdir()) and not (target / "patch.json").is_file():
+        raise FileExistsError(f"{option} {path}: the folder holds other files than a saved patch, and saving "
+                              "replaces the folder whole; give a new or empty folder")
+    check_writable_dir(target.absolute().parent, f"{option} {path}: its folder")
 
 
 if __name__ == "__main__":

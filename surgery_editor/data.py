@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -48,6 +49,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .fileio import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -145,27 +148,46 @@ def resolve_data_dir(data_dir: Optional[str] = None) -> Path:
     return default if default.exists() or not _REPO_DATA_DIR.exists() else _REPO_DATA_DIR
 
 
+def _candidates(path: str, data_dir: Optional[str]) -> List[Path]:
+    return [Path(path).expanduser(), resolve_data_dir(data_dir) / path]
+
+
 def resolve_path(path: str, data_dir: Optional[str] = None) -> Optional[Path]:
     """The local file for ``path`` (as given, then under the data dir), or ``None``."""
-    for candidate in (Path(path).expanduser(), resolve_data_dir(data_dir) / path):
+    for candidate in _candidates(path, data_dir):
         if candidate.is_file():
             return candidate
     return None
 
 
+def find_file(path: str, data_dir: Optional[str], what: str, hint: str = "") -> Path:
+    """The local file for ``path`` (as :func:`resolve_path`), or an error naming ``what`` (e.g.
+    ``"judge 'safety': training data"``), ``path`` and both places tried; a folder where the
+    file is expected is named as such. ``hint`` is appended to the not-found message."""
+    local = resolve_path(path, data_dir)
+    if local is not None:
+        return local
+    tried = _candidates(path, data_dir)
+    folder = next((c for c in tried if c.is_dir()), None)
+    if folder is not None:
+        raise IsADirectoryError(f"{what} {path!r}: {folder} is a folder; expected a file")
+    raise FileNotFoundError(f"{what} {path!r} not found (tried {tried[0]} and {tried[1]}){hint}")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
+    """A .csv/.tsv/.jsonl/.json file as a frame. The text is read by
+    :func:`surgery_editor.fileio.read_text`: UTF-8, a leading byte-order mark dropped (so the
+    first column keeps its name), errors naming the file."""
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv", ".jsonl", ".json"):
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .json")
+    text = io.StringIO(read_text(path))
     try:
         if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
-                               encoding="utf-8")
+            return pd.read_csv(text, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
         if suffix == ".csv":
-            return pd.read_csv(path, encoding="utf-8")
-        return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save the file as UTF-8") from err
+            return pd.read_csv(text)
+        return pd.read_json(text, lines=suffix == ".jsonl")
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         kind = {".tsv": "tab-separated", ".csv": "comma-separated", ".jsonl": "JSON-lines", ".json": "JSON"}[suffix]
         raise ValueError(f"{path}: not a readable {kind} file ({err})") from err
@@ -184,10 +206,9 @@ def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
         import datasets  # optional: hub data sets
     except ImportError:
         datasets = None
-    tried = f"{Path(path).expanduser()} and {resolve_data_dir(data_dir) / path}"
     if datasets is None or Path(path).suffix or path.count("/") != 1:
         extra = "" if datasets is not None or Path(path).suffix else "; hub ids need `pip install datasets`"
-        raise FileNotFoundError(f"{what} {path!r} not found (tried {tried}){extra}")
+        find_file(path, data_dir, what, extra)  # raises, naming the places tried
     logger.info("loading %s from the hub: %s (split %s)", what, path, split)
     return datasets.load_dataset(path, split=split).to_pandas(), path
 

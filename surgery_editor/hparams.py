@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import yaml
 
+from .fileio import read_text
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
 
@@ -171,6 +173,12 @@ class _HyperParamsBase:
             if value is not values[key]:
                 object.__setattr__(self, key, value)
 
+    def check_data(self) -> None:
+        """Read the data the method learns from (probe texts, preference pairs) and refuse what
+        cannot give a meaningful edit, with an error naming the file; callers run it before
+        a model loads (the benchmark harness and the command line do). Methods without data
+        files have nothing to check."""
+
     @staticmethod
     def construct_float_from_scientific_notation(config: Dict[str, Any]) -> Dict[str, Any]:
         return {k: (float(v) if isinstance(v, str) and _NUMBER.match(v.strip()) else v) for k, v in config.items()}
@@ -181,8 +189,7 @@ class _HyperParamsBase:
 
     @classmethod
     def from_json(cls, fpath: Union[str, Path]):
-        with open(fpath) as f:
-            return cls.from_dict(json.load(f), source=str(fpath))
+        return cls.from_dict(_read_config(str(fpath), "JSON"), source=str(fpath))
 
     @classmethod
     def field_names(cls) -> List[str]:
@@ -220,11 +227,18 @@ class _HyperParamsBase:
         path = str(hparams_name_or_path)
         if not path.endswith((".yaml", ".yml", ".json")):
             path += ".yaml"
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise FileNotFoundError(f"hparams file not found: {path}")
-        with open(path) as stream:
-            config = json.load(stream) if path.endswith(".json") else yaml.safe_load(stream)
-        return cls.from_dict(config, source=path)
+        return cls.from_dict(_read_config(path, "JSON" if path.endswith(".json") else "YAML"), source=path)
+
+
+def _read_config(path: str, kind: str) -> Any:
+    """The content of an hparams file (``kind`` JSON or YAML); errors name the file."""
+    text = read_text(path, "hparams file")
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"hparams file {path}: not valid {kind} ({' '.join(str(err).split())})") from err
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .fileio import decode_text
 from .registry import did_you_mean, register
 
 logger = logging.getLogger(__name__)
@@ -75,18 +76,35 @@ def available_judges() -> List[str]:
     return sorted(JUDGES) + [f"{p}:<arg>" for p in sorted(JUDGE_PREFIXES)]
 
 
-def _check_kwargs(factory: Callable, name: str, kwargs: Dict[str, Any], skip: int = 0) -> None:
-    """A clear TypeError for keyword arguments the factory does not take."""
+def _keywords(factory: Callable, skip: int = 0) -> Optional[List[str]]:
+    """The keyword arguments ``factory`` takes (after ``skip`` positional ones), or ``None``
+    when it takes any (``**kwargs``) or cannot be inspected."""
     try:
         params = list(inspect.signature(factory).parameters.values())[skip:]
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    valid = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    unknown = sorted(set(kwargs) - set(valid))
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in named]
+
+
+def _check_kwargs(factory: Callable, name: str, kwargs: Dict[str, Any], skip: int = 0) -> None:
+    """A clear TypeError for keyword arguments the factory does not take."""
+    valid = _keywords(factory, skip)
+    unknown = sorted(set(kwargs) - set(valid)) if valid is not None else []
     if unknown:
         raise TypeError(f"judge {name!r}: unknown argument(s) {unknown}; valid arguments: {valid}")
+
+
+def judge_accepts(name: str, argument: str) -> bool:
+    """Whether the judge ``name`` (or ``prefix:<arg>``) takes the keyword ``argument`` by name
+    (e.g. ``data_dir``, which the harness passes to judges that train on data files); False
+    for an unknown name (:func:`get_judge` says why)."""
+    prefix, sep, _ = name.partition(":")
+    factory, skip = (JUDGES.get(name), 0) if name in JUDGES else (JUDGE_PREFIXES.get(prefix) if sep else None, 1)
+    keywords = _keywords(factory, skip) if factory is not None else []
+    return keywords is not None and argument in keywords
 
 
 def get_judge(name: str, **kwargs) -> Judge:
@@ -109,6 +127,15 @@ def get_judge(name: str, **kwargs) -> Judge:
         hint = f" (did you mean {close!r}?)" if close in JUDGES else f" (did you mean '{close}:<arg>'?)"
     raise KeyError(f"unknown judge {name!r}{hint}; registered judges: {sorted(JUDGES)}; "
                    f"prefixed judges: {[f'{p}:<arg>' for p in sorted(JUDGE_PREFIXES)]}")
+
+
+def get_judge_reading(name: str, data_dir: Optional[str], **kwargs) -> Judge:
+    """:func:`get_judge` for a run whose data files are under ``data_dir``: a judge that trains
+    on data files (``safety``, ``toxicity``) gets ``data_dir=data_dir`` unless ``kwargs`` name
+    one; ``None`` leaves the judge's default (``$SURGERY_EDITOR_DATA_DIR``, else ../shared/data)."""
+    if data_dir is not None and "data_dir" not in kwargs and judge_accepts(name, "data_dir"):
+        kwargs["data_dir"] = data_dir
+    return get_judge(name, **kwargs)
 
 
 # --------------------------------------------------------------------------- profanity
@@ -187,8 +214,19 @@ class HFClassifierJudge:
                 raise ValueError(f"judge 'hf:{model}': dtype {dtype!r} is no torch dtype (e.g. 'float32', 'bfloat16')")
             load_kwargs["dtype"] = getattr(torch, str(dtype))
         logger.info("loading classifier judge %s on %s", model, device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            classifier = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs)
+        except OSError as err:
+            from .models import load_failure
+
+            raise OSError(load_failure(
+                f"judge 'hf:{model}'", Path(model), err,
+                valid="hf:<a local folder holding a saved sequence classifier and its tokenizer>, or hf:<a reachable "
+                      "hub id of the form 'org/name'>",
+                folder="a classifier folder needs config.json, the weights and the tokenizer files, as "
+                       "save_pretrained writes them")) from err
+        self.model = classifier.to(device).eval()
         config = self.model.config
         if config.num_labels < 2:
             raise ValueError(f"judge 'hf:{model}': the model has {config.num_labels} output; a softmax judge needs >= 2 labels")
@@ -403,15 +441,11 @@ def build_safety_pipeline(ngram_max: int = 1, min_df: int = 2, C: float = 10.0, 
         LogisticRegression(C=float(C), class_weight="balanced", max_iter=5000, random_state=seed))
 
 
-def _safety_file(path: str, data_dir: Optional[str]) -> Path:
-    from .data import resolve_data_dir, resolve_path
+def _training_file(judge: str, path: str, data_dir: Optional[str]) -> Path:
+    from .data import find_file
 
-    local = resolve_path(path, data_dir)
-    if local is None:
-        raise FileNotFoundError(
-            f"judge 'safety': training data {path!r} not found (tried {Path(path).expanduser()} and "
-            f"{resolve_data_dir(data_dir) / path}); pass path=... or data_dir=..., or set SURGERY_EDITOR_DATA_DIR")
-    return local
+    return find_file(path, data_dir, f"judge {judge!r}: training data",
+                     "; pass path=... or data_dir=... (the run's data_dir), or set SURGERY_EDITOR_DATA_DIR")
 
 
 def load_safety_data(path: str = SAFETY_DATA_PATH, data_dir: Optional[str] = None
@@ -422,9 +456,15 @@ def load_safety_data(path: str = SAFETY_DATA_PATH, data_dir: Optional[str] = Non
     for grouped cross-validation when present). Rows with an empty response, or with the
     literal "Placeholder Response" that three PAIR rows of the JailbreakBench artifacts
     carry (labelled jailbroken), are dropped."""
-    local = _safety_file(path, data_dir)
+    local = _training_file("safety", path, data_dir)
     raw = local.read_bytes()
-    rows = [json.loads(line) for line in raw.decode("utf-8").split("\n") if line.strip()]  # not splitlines: U+2028
+    rows = []
+    for n, line in enumerate(decode_text(raw, local).split("\n"), 1):  # not splitlines: U+2028
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"judge 'safety': {local}:{n}: not valid JSON ({err})") from None
     missing = [f for f in ("response", "jailbroken") if rows and f not in rows[0]]
     if missing or not rows:
         fields = sorted(rows[0]) if rows else []
@@ -492,7 +532,7 @@ class SafetyJudge:
         self.seed = seed
         overrides = {"ngram_max": ngram_max, "min_df": min_df, "C": C}
         self.settings = {**SAFETY_SETTINGS, **{k: v for k, v in overrides.items() if v is not None}}
-        self.file = _safety_file(path, data_dir)  # fail early on a missing file
+        self.file = _training_file("safety", path, data_dir)  # fail early on a missing file
         self._pipeline = None
 
     @property
@@ -540,7 +580,8 @@ def load_rtp_labelled(path: str = RTP_PATH, data_dir: Optional[str] = None, held
     try:
         frame, source = load_table(path, data_dir, what="judge 'toxicity': RTP file")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; pass data_dir=... or set SURGERY_EDITOR_DATA_DIR") from None
+        raise FileNotFoundError(f"{err}; pass data_dir=... (the run's data_dir) or set "
+                                "SURGERY_EDITOR_DATA_DIR") from None
     texts: List[str] = []
     labels: List[int] = []
     for n, row in enumerate(frame.to_dict("records"), 1):
@@ -602,6 +643,8 @@ class ToxicityJudge:
 
     def __init__(self, path: str = RTP_PATH, data_dir: Optional[str] = None, seed: int = 0, C: float = 10.0) -> None:
         self.path, self.data_dir, self.seed, self.C = path, data_dir, seed, float(C)
+        if Path(path).suffix:  # a local file (not a hub id): fail now on a missing one, not at first use
+            self.path = str(_training_file("toxicity", path, data_dir))
         self._model = None
         self._profanity = ProfanityJudge()
 

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -64,12 +64,47 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def _to_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+def _to_dtype(dtype: Union[str, torch.dtype, None], name: str = "dtype") -> Optional[torch.dtype]:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not valid; choose one of {sorted(_DTYPES)}")
+        raise ValueError(f"{name} {dtype!r} is not valid; choose one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def check_device(device: Union[str, int, torch.device, None], name: str = "device") -> None:
+    """A ``ValueError`` naming ``name`` unless ``device`` is a device torch knows (``cpu``,
+    ``cuda``, ``cuda:1``, an int = a cuda index, ``mps``) and, for an accelerator, one this
+    machine has."""
+    if device is None or isinstance(device, torch.device):
+        return
+    try:
+        dev = torch.device(f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name} {device!r} is not a device (e.g. cpu, cuda, cuda:1): {err}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise ValueError(f"{name} {device!r}: this machine has {count} CUDA device(s)"
+                             f"{'' if count else ' (torch.cuda.is_available() is False)'}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name} {device!r}: no MPS device is available")
+
+
+def check_model_args(model_name: Any, device: Union[str, int, torch.device, None] = None,
+                     dtype: Union[str, torch.dtype, None] = None, names: Optional[Dict[str, str]] = None) -> None:
+    """What :func:`load_model` would refuse, checked without loading anything: the form of
+    ``model_name`` (an embedded name, an existing local path, or ``org/name``), ``device`` and
+    ``dtype``. ``names`` renames the settings in errors (``{"model_name": "model.path"}``)."""
+    names = {"model_name": "model_name", "device": "device", "dtype": "dtype", **(names or {})}
+    _to_dtype(dtype, names["dtype"])
+    check_device(device, names["device"])
+    if isinstance(model_name, tuple):
+        return
+    name = str(model_name)
+    if name not in EMBEDDED_MODELS and not Path(name).expanduser().exists() and name.count("/") != 1:
+        raise ValueError(f"{names['model_name']} {name!r} is neither an embedded model ({sorted(EMBEDDED_MODELS)}), "
+                         "an existing local path, nor a hub id of the form 'org/name'")
 
 
 def embedded_model_dir(name: str, cache_dir: Optional[str] = None) -> Path:
@@ -99,23 +134,35 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_error(name: str, path: Path, err: OSError) -> str:
-    """What a failed ``from_pretrained`` means for ``model_name``, and what would be valid."""
+def load_failure(what: str, path: Path, err: OSError, valid: str, folder: str, local: Optional[str] = None,
+                 not_local: str = "not an existing local path") -> str:
+    """What a failed ``from_pretrained`` of ``path`` means, for an error message: ``what`` names
+    the setting and its value (``model_name 'x'``), ``folder`` what a valid local folder holds,
+    ``valid`` the valid forms. A local ``path`` (or ``local``, a description of where it is)
+    could not be read as such a folder; otherwise it is ``not_local`` and the hub could not
+    provide it (offline mode, no network, or no such repository)."""
     cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if name in EMBEDDED_MODELS or path.expanduser().exists():
-        where = "the embedded model's cache folder" if name in EMBEDDED_MODELS else "the local path"
-        return (f"model_name {name!r}: {where} {path} could not be loaded as a model ({cause}); a model folder "
-                "needs config.json, the weights (model.safetensors) and the tokenizer files, as save_pretrained "
-                "writes them")
+    if local is not None or path.expanduser().exists():
+        return (f"{what}: {local or 'the local path'} {path} could not be loaded ({cause}); {folder}")
     if _offline():
         network = ("HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set, so only the local Hugging Face cache was searched "
-                   "and the model is not in it")
+                   "and it is not in it")
     else:
         network = ("the hub could not provide it (no network, or no such repository); without network, set "
-                   "HF_HUB_OFFLINE=1 and use a model already in the Hugging Face cache")
-    return (f"model_name {name!r} could not be loaded ({cause}): it is not an embedded model, not an existing local "
-            f"path, and {network}. Valid: an embedded name ({', '.join(sorted(EMBEDDED_MODELS))}), a local folder "
-            "holding a saved model, or a reachable hub id of the form 'org/name'")
+                   "HF_HUB_OFFLINE=1 and use one already in the Hugging Face cache")
+    return f"{what} could not be loaded ({cause}): it is {not_local}, and {network}. Valid: {valid}"
+
+
+def _load_error(name: str, path: Path, err: OSError) -> str:
+    """What a failed ``from_pretrained`` means for ``model_name``, and what would be valid."""
+    return load_failure(
+        f"model_name {name!r}", path, err,
+        valid=f"an embedded name ({', '.join(sorted(EMBEDDED_MODELS))}), a local folder holding a saved model, or a "
+              "reachable hub id of the form 'org/name'",
+        folder="a model folder needs config.json, the weights (model.safetensors) and the tokenizer files, as "
+               "save_pretrained writes them",
+        local="the embedded model's cache folder" if name in EMBEDDED_MODELS else None,
+        not_local="not an embedded model, not an existing local path")
 
 
 def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, int, torch.device] = "cpu",
@@ -134,10 +181,8 @@ def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, in
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = str(model_name)
+        check_model_args(name, device, dtype)
         path = embedded_model_dir(name, cache_dir) if name in EMBEDDED_MODELS else name
-        if name not in EMBEDDED_MODELS and not Path(name).expanduser().exists() and name.count("/") != 1:
-            raise ValueError(f"model_name {name!r} is neither an embedded model ({sorted(EMBEDDED_MODELS)}), "
-                             "an existing local path, nor a hub id of the form 'org/name'")
         torch_dtype = _to_dtype(dtype)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype or "auto", **kwargs)

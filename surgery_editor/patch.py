@@ -44,9 +44,11 @@ class RowEdit:
     rows_are_columns: bool = False
 
     def _write(self, model: nn.Module, values: torch.Tensor) -> None:
-        param = model.get_parameter(self.param_name)
-        view = param.data.t() if self.rows_are_columns else param.data
-        view[self.rows.to(param.device)] = values.to(device=param.device, dtype=param.dtype)
+        self._write_into(model.get_parameter(self.param_name).data, values)
+
+    def _write_into(self, tensor: torch.Tensor, values: torch.Tensor) -> None:
+        view = tensor.t() if self.rows_are_columns else tensor
+        view[self.rows.to(tensor.device)] = values.to(device=tensor.device, dtype=tensor.dtype)
 
     def _read(self, model: nn.Module) -> torch.Tensor:
         param = model.get_parameter(self.param_name)
@@ -128,6 +130,15 @@ class SurgeryPatch:
         """EasyEdit's ``weights_copy``: full original tensors of every edited parameter,
         by names ``model.get_parameter`` resolves (built from the current, unedited model)."""
         return {e.param_name: model.get_parameter(e.param_name).detach().clone() for e in self.edits}
+
+    def weights_before(self, model: nn.Module) -> Dict[str, torch.Tensor]:
+        """:meth:`weights_copy` for a model that carries this patch: each edited parameter's
+        current tensor with the patch's original rows put back."""
+        out: Dict[str, torch.Tensor] = {}
+        for e in self.edits:
+            tensor = out.setdefault(e.param_name, model.get_parameter(e.param_name).detach().clone())
+            e._write_into(tensor, e.original)
+        return out
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, path: Union[str, Path]) -> Path:

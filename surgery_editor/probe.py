@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
@@ -50,17 +52,40 @@ class LinearProbe:
         return cls(weight=tensors["probe.weight"], bias=tensors["probe.bias"], **info)
 
 
+def min_examples_per_class(val_fraction: float) -> int:
+    """The fewest examples of each class a probe is trained on: 2 (one may be held out), and
+    with a held-out share, enough that the held-out split is expected to hold one of each
+    class (``ceil(1 / val_fraction)``)."""
+    return max(2, math.ceil(1 / val_fraction - 1e-9)) if val_fraction > 0 else 2
+
+
+def check_probe_labels(labels: Sequence[int], val_fraction: float, source: str = "probe data") -> None:
+    """Refuse labels a probe cannot be trained and validated on: fewer than
+    :func:`min_examples_per_class` examples of class 0 or class 1 (``ValueError`` naming
+    ``source``, the counts and ``probe_val_fraction``)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = [int((labels == c).sum()) for c in (0, 1)]
+    need = min_examples_per_class(val_fraction)
+    if min(counts) < need:
+        raise ValueError(f"{source}: {counts[1]} examples of class 1 and {counts[0]} of class 0; a probe needs "
+                         f"both classes, at least {need} examples of each (with probe_val_fraction={val_fraction:g}, "
+                         "so that its held-out split can hold both classes and its training split keeps both); "
+                         "add examples")
+
+
 def train_probe(features: torch.Tensor, labels: torch.Tensor, *, lr: float = 1e-4, batch_size: int = 16,
                 epochs: int = 9, val_fraction: float = 0.1, seed: int = 0) -> LinearProbe:
-    """Train the probe; report accuracy on the seeded held-out split."""
+    """Train the probe; report accuracy on the seeded held-out split. Labels are checked by
+    :func:`check_probe_labels`; a training split that misses a class is refused, a held-out
+    split that holds one class only is warned about (its accuracy measures one class)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
     features = features.float()
     n = features.shape[0]
     if n != labels.shape[0]:
         raise ValueError(f"{n} feature rows but {labels.shape[0]} labels")
-    if n < 2 or set(labels.unique().tolist()) != {0, 1}:
-        raise ValueError(f"probe training needs both classes 0 and 1; got labels {sorted(set(labels.tolist()))} "
-                         f"on {n} examples")
+    if set(labels.unique().tolist()) - {0, 1}:
+        raise ValueError(f"probe labels must be 0 or 1; got {sorted(set(labels.tolist()))}")
+    check_probe_labels(labels, val_fraction)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
     n_val = int(round(n * val_fraction))
@@ -68,6 +93,14 @@ def train_probe(features: torch.Tensor, labels: torch.Tensor, *, lr: float = 1e-
         n_val = min(max(n_val, 1), n - 1)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     x_tr, y_tr = features[train_idx], labels[train_idx]
+    if len(set(y_tr.tolist())) < 2:
+        raise ValueError(f"the probe's training split ({len(train_idx)} of {n} examples) holds class "
+                         f"{y_tr[0].item()} only; add examples or lower probe_val_fraction")
+    if n_val and len(set(labels[val_idx].tolist())) < 2:
+        message = (f"the probe's held-out split ({n_val} examples) holds class {labels[val_idx][0].item()} only, so "
+                   "its accuracy measures that class alone; add examples for a meaningful probe accuracy")
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

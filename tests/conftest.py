@@ -125,6 +125,19 @@ def tiny_model_dir(tmp_path_factory, tiny_tok) -> Path:
     return path
 
 
+def offline_error(tmp_path: Path, call: str) -> str:
+    """What ``call`` (a Python expression) raises as ``OSError`` in a fresh interpreter with the
+    Hugging Face hub offline and an empty cache: ``"ERROR: <message>"`` on stdout."""
+    import subprocess
+    import sys
+
+    code = f"try:\n    {call}\nexcept OSError as err:\n    print('ERROR:', err)\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "ERROR:" in out.stdout, out.stderr[-2000:]
+    return out.stdout
+
+
 def real_easyedit_or_skip():
     """Import a real EasyEdit (with SafetyEditor) the way the plugin does; skip the test when
     none is importable, or fail when ``SURGERY_EDITOR_REQUIRE_EASYEDIT=1`` (set by

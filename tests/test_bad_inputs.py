@@ -21,7 +21,7 @@ import yaml
 from surgery_editor import ModelSurgeryHyperParams, SurgeryPatch
 from surgery_editor.methods.model_surgery.surgery import build_patch, compute_patch
 
-from conftest import REPO, make_tiny
+from conftest import REPO, make_tiny, offline_error
 
 MS_BASE = dict(alg_name="ModelSurgery", model_name="m", top_k=4,
                probe_data={"path": "x.tsv", "positive_column": "a", "negative_column": "b"})
@@ -246,13 +246,9 @@ def test_load_model_hub_failure_names_the_id_and_the_valid_forms(monkeypatch):
 
 
 def test_load_model_offline_for_real_names_the_id(tmp_path):
-    code = ("from surgery_editor.models import load_model\n"
-            "try:\n    load_model('does/not-exist')\n"
-            "except OSError as err:\n    print('ERROR:', err)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert "ERROR: model_name 'does/not-exist'" in out.stdout, out.stderr[-2000:]
-    assert "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set" in out.stdout and "embedded name" in out.stdout
+    out = offline_error(tmp_path, "__import__('surgery_editor.models').models.load_model('does/not-exist')")
+    assert "ERROR: model_name 'does/not-exist'" in out
+    assert "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set" in out and "embedded name" in out
 
 
 # ---------------------------------------------------------------------------------------

@@ -48,6 +48,15 @@ class PairMethodKeys(EasyEditKeys):
         self.check_range("activation_batch_size", 1)
         check_pairs_config(self.pairs)
 
+    def check_data(self) -> None:
+        """The pairs are read as :meth:`states` reads them (a missing file or column, or no
+        pair left, is an error naming the file)."""
+        self.pair_count()
+
+    def pair_count(self) -> int:
+        """The number of pairs :meth:`states` embeds."""
+        return int(load_probe_texts(dict(self.pairs), self.data_dir).labels.sum())
+
     def states(self, model, tok, layers: Sequence[int]):
         """:func:`pair_states` with these settings."""
         return pair_states(model, tok, self.pairs, layers, data_dir=self.data_dir, pooling=self.pooling,

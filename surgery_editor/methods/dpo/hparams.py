@@ -104,3 +104,10 @@ class DPOHyperParams(EasyEditKeys):
             raise ValueError("lora_target_modules: 'lm_head' is not supported (trl scores tokens with lm_head.weight "
                              "directly, so an adapter there would never train)")
         PairDataConfig.from_dict(dict(self.pairs) if isinstance(self.pairs, dict) else self.pairs)  # checks it
+
+    def check_data(self) -> None:
+        """The preference pairs are read and paired as training reads them (a missing file or
+        column, or no pair left, is an error naming the file), before minutes of training."""
+        from .pairs import load_preference_pairs
+
+        load_preference_pairs(self.pairs, self.num_pairs, self.seed, self.data_dir)

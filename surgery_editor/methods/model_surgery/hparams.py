@@ -128,6 +128,14 @@ class ModelSurgeryHyperParams(EasyEditKeys):
             raise ValueError(f"edit_layers must be a list of layer indices, got {self.edit_layers!r}")
 
     # ------------------------------------------------------------------------------------
+    def check_data(self) -> None:
+        """``probe_source: dataset``: ``probe_data`` is read and checked as the edit reads it
+        (:func:`~surgery_editor.methods.model_surgery.surgery.probe_texts`)."""
+        if self.probe_source == "dataset":
+            from .surgery import probe_texts
+
+            probe_texts(self)
+
     def method_key(self) -> str:
         """Hash of every field the edit depends on (not the EasyEdit runtime keys)."""
         skip = {"model_name", "device", "model_parallel", "max_length", "max_output_length", "batch_size",

@@ -33,10 +33,10 @@ from ... import architectures as arch
 from ...activations import (cached_pooled_block_outputs, cached_pooled_hidden_states, ensure_pad_token,
                             pooled_hidden_states)
 from ...cache import TensorCache, config_hash, stable_hash, weights_fingerprint
-from ...data import load_probe_texts
+from ...data import LabelledTexts, load_probe_texts
 from .hparams import ModelSurgeryHyperParams
 from ...patch import RowEdit, SurgeryPatch
-from ...probe import LinearProbe, train_probe
+from ...probe import LinearProbe, check_probe_labels, train_probe
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,20 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Probe
 # ---------------------------------------------------------------------------------------
+def probe_texts(hparams: ModelSurgeryHyperParams) -> LabelledTexts:
+    """``hparams.probe_data`` read (relative paths under ``hparams.data_dir``) and, where a
+    probe is trained on it, checked to hold enough examples of each class for the probe and its
+    held-out split (:func:`~surgery_editor.probe.check_probe_labels`)."""
+    data = load_probe_texts(hparams.probe_data, hparams.data_dir)
+    if hparams.probe_mode == "single" or hparams.layer_direction == "probe":
+        check_probe_labels(data.labels, hparams.probe_val_fraction, f"{data.source} (probe_data)")
+    return data
+
+
 def train_behaviour_probe(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
                           fingerprint: Optional[str] = None, use_cache: bool = True) -> LinearProbe:
     """Train (or load from the probe cache) the probe on ``hparams.probe_data``."""
-    data = load_probe_texts(hparams.probe_data, hparams.data_dir)
+    data = probe_texts(hparams)
     fingerprint = fingerprint or weights_fingerprint(model)
     ensure_pad_token(tok)
     probe_settings = {k: getattr(hparams, k) for k in (
@@ -108,7 +118,7 @@ def layer_directions(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, la
     (pooled per ``probe_pooling``, every layer from one cached forward pass over the probe
     texts): the class-1 mean minus the class-0 mean (``mean_difference``), or a linear probe's
     ``probe_direction`` (``probe``). Also returns per-layer probe accuracies (``probe``)."""
-    data = load_probe_texts(hparams.probe_data, hparams.data_dir)
+    data = probe_texts(hparams)
     feats = cached_pooled_block_outputs(model, tok, data.texts, data.content_hash(), layers,
                                         pooling=hparams.probe_pooling, max_length=hparams.probe_max_length,
                                         batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir,
@@ -272,6 +282,21 @@ def _check_rows_changed(selected: int, unchanged: int, alpha: float, dtype: torc
     warnings.warn(message, stacklevel=3)
 
 
+def _spec(model: nn.Module, hparams: ModelSurgeryHyperParams) -> arch.ArchSpec:
+    return arch.resolve_spec(model, {k: getattr(hparams, k) for k in ("gate_module_tmp", "mlp_norm_tmp",
+                                                                      "final_norm_module")})
+
+
+def check_selection(model: nn.Module, hparams: ModelSurgeryHyperParams) -> None:
+    """``edit_layers`` and ``top_k`` / ``top_k_fraction`` against this model's gate rows, as
+    :func:`build_patch` resolves them, checked before activations are collected or a probe is
+    trained (layer-wise, the candidate layers are ``edit_layers`` too)."""
+    spec = _spec(model, hparams)
+    layers = candidate_layers(model, hparams.edit_layers)
+    resolve_top_k(sum(arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, layer)), spec).shape[0]
+                      for layer in layers), hparams)
+
+
 @torch.no_grad()
 def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurgeryHyperParams,
                 probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None,
@@ -279,8 +304,7 @@ def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurge
     """Score, select and compute the edited rows for direction ``w`` (or, layer-wise, for
     ``directions = {layer: w_l}``, which then also fixes the candidate layers); the model is not
     changed."""
-    spec = arch.resolve_spec(model, {k: getattr(hparams, k) for k in ("gate_module_tmp", "mlp_norm_tmp",
-                                                                          "final_norm_module")})
+    spec = _spec(model, hparams)
     hidden = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, 0)), spec).shape[1]
     for name_, vec in ([("probe direction", w)] if directions is None else
                        [(f"layer {l}'s direction", d) for l, d in directions.items()]):
@@ -360,6 +384,7 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
     ``probe_source: request``: a fresh direction from ``requests``.
     """
     start = time.perf_counter()
+    check_selection(model, hparams)
     if hparams.probe_source == "request":
         w = request_direction(model, tok, requests or [], hparams)
         patch = build_patch(model, w, hparams, metadata={"probe_source": "request"})
@@ -391,6 +416,24 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
     return patch
 
 
+_APPLIED = "_model_surgery_applied"  # on a model: {method_key: patch} of the dataset-probe edits applied to it
+
+
+def applied_patch(model: nn.Module, hparams: ModelSurgeryHyperParams) -> Optional[SurgeryPatch]:
+    """The ``probe_source: dataset`` patch of these settings (``hparams.method_key()``) that
+    ``model`` carries now: applied by :func:`apply_model_surgery_to_model` and its rows still
+    the edited ones (a model restored since, by EasyEdit's restore loop or
+    :meth:`SurgeryPatch.revert`, carries none); ``None`` otherwise."""
+    patch = getattr(model, _APPLIED, {}).get(hparams.method_key())
+    if patch is None:
+        return None
+    try:
+        patch.check_compatible(model, "edited")
+    except ValueError:
+        return None
+    return patch
+
+
 def apply_model_surgery_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]],
                                  hparams: ModelSurgeryHyperParams, copy: bool = False,
                                  return_orig_weights: bool = False, keep_original_weight: bool = False,
@@ -398,15 +441,37 @@ def apply_model_surgery_to_model(model: nn.Module, tok, requests: Sequence[Dict[
     """EasyEdit entry point: edit ``model`` in place (or a deep copy with ``copy=True``).
 
     Returns ``(model, weights_copy)``; ``weights_copy`` maps each edited parameter's name (as
-    ``model.get_parameter`` resolves it) to its original tensor whenever
+    ``model.get_parameter`` resolves it) to its tensor before the edit whenever
     ``return_orig_weights`` or ``keep_original_weight`` is set, so EasyEdit's restore loop
     puts the model back bit-exactly. Extra ``kwargs`` from EasyEdit's editors are ignored.
+
+    Called again on a model it already edited (EasyEdit's ``sequential_edit=True`` calls it
+    once per request without restoring in between):
+
+    - ``probe_source: dataset``: the edit does not depend on the request, so a model that
+      carries the edit of these same settings (:func:`applied_patch`) is left as it is: N
+      sequential requests give the model one edit gives, not N edits stacked. ``weights_copy``
+      then holds the tensors from before that edit, so restoring with it still gives the
+      unedited model. A model restored since is edited again as usual.
+    - ``probe_source: request``, or other settings (another ``alpha``, layers, data): a new
+      edit, computed on the model as it is now and added on top of the earlier ones, as
+      sequential editing does for every method; ``weights_copy`` holds the tensors from
+      before this call.
     """
     if isinstance(requests, dict):
         requests = [requests]
-    patch = compute_patch(model, tok, hparams, requests)
+    keep = return_orig_weights or keep_original_weight
     if copy:
         model = copy_module.deepcopy(model)
-    weights_copy = patch.weights_copy(model) if (return_orig_weights or keep_original_weight) else {}
+    if hparams.probe_source == "dataset":
+        carried = applied_patch(model, hparams)
+        if carried is not None:
+            logger.info("model surgery: the model already carries this edit (%d rows); left as it is",
+                        carried.num_rows)
+            return model, carried.weights_before(model) if keep else {}
+    patch = compute_patch(model, tok, hparams, requests)
+    weights_copy = patch.weights_copy(model) if keep else {}
     patch.apply(model, check=False)
+    if hparams.probe_source == "dataset":
+        setattr(model, _APPLIED, {**getattr(model, _APPLIED, {}), hparams.method_key(): patch})
     return model, weights_copy

@@ -67,6 +67,15 @@ class ProFSHyperParams(PairMethodKeys):
         if not self.layers:
             raise ValueError("layers must list at least one block, e.g. [15, 16, ..., 29]")
 
+    def check_data(self) -> None:
+        """The pairs, at least ``rank`` of them for the toxic subspace (the random control
+        reads none)."""
+        if self.subspace == "toxic":
+            n = self.pair_count()
+            if n < self.rank:
+                raise ValueError(f"pairs {self.pairs.get('path')!r}: {n} pair(s), fewer than rank={self.rank}; "
+                                 "a rank-k toxic subspace needs at least k pairs")
+
 
 def toxic_subspace(toxic: torch.Tensor, non_toxic: torch.Tensor, rank: int, centering: bool = True) -> torch.Tensor:
     """``(d, rank)`` orthonormal basis of the toxic subspace of one layer's pair embeddings
