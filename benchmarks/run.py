@@ -80,8 +80,10 @@ def _apply_scale(cfg: DictConfig):
 def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     """Run (or resume) one benchmark for one method and model; returns the metrics."""
     from surgery_editor.judges import get_judge
-    from surgery_editor.models import load_model
+    from surgery_editor.models import load_model, refuse_shape_model
 
+    for key in ("path", "name"):
+        refuse_shape_model(cfg.model.get(key), f"benchmarks.run (model.{key})")
     out_dir = Path(out_dir)
     method_cls = get_method_class(cfg.method.name)
     check_hparams_keys(_plain(cfg.get("hparams")))

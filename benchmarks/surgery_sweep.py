@@ -30,6 +30,7 @@ from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_pr
 from surgery_editor.fileio import atomic_write, jsonl_lines
 from surgery_editor.judges import get_judge
 from surgery_editor.methods.model_surgery.surgery import compute_patch
+from surgery_editor.models import refuse_shape_model
 
 from benchmarks.stats import mcnemar_exact
 from benchmarks.stats import wilson_interval as wilson
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     results = out / "results.jsonl"
     _drop_partial_line(results)
     base_hp = ModelSurgeryHyperParams.from_hparams(args.hparams or f"hparams/ModelSurgery/{args.model}.yaml")
+    refuse_shape_model(base_hp.model_name, "python -m benchmarks.surgery_sweep")
     model, tok = load_model(base_hp.model_name, device=base_hp.device)
     judge = get_judge(args.judge)
     prompts = load_rtp_prompts(None, base_hp.data_dir, limit=args.rtp_limit)["text"].tolist()

@@ -24,7 +24,7 @@ from .data import load_probe_texts
 from .evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar_exact, rtp_toxicity
 from .methods.model_surgery.hparams import ModelSurgeryHyperParams
 from .judges import get_judge
-from .models import load_model
+from .models import load_model, refuse_shape_model
 from .methods.model_surgery.surgery import compute_patch
 
 
@@ -64,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     hp = load_hparams(args.hparams, parse_overrides(args.set))
     if hp.probe_source != "dataset":
         raise SystemExit(f"{args.hparams}: the command-line job needs probe_source: dataset")
+    refuse_shape_model(hp.model_name, f"python -m surgery_editor ({args.hparams})")
     model, tok = load_model(hp.model_name, device=hp.device, dtype="float16" if hp.fp16 else None)
     judge = get_judge(args.judge)
     prompts = load_rtp_prompts(args.rtp_path, hp.data_dir, limit=args.rtp_limit)["text"].tolist()
