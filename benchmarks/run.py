@@ -170,8 +170,10 @@ def _edit_instance(cfg: DictConfig, data_dir: Optional[str]) -> Dict[str, Any]:
 def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     """Run (or resume) one benchmark for one method and model; returns the metrics."""
     from surgery_editor.judges import get_judge_reading
-    from surgery_editor.models import load_model
+    from surgery_editor.models import load_model, refuse_shape_model
 
+    for key in ("path", "name"):
+        refuse_shape_model(cfg.model.get(key), f"benchmarks.run (model.{key})")
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "the run's output dir (hydra.run.dir; hydra.sweep.dir for a multirun)")
     # Everything that can be wrong with the input fails here, before the model loads.

@@ -32,6 +32,7 @@ from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_pr
 from surgery_editor.fileio import atomic_write, jsonl_lines
 from surgery_editor.judges import get_judge_reading
 from surgery_editor.methods.model_surgery.surgery import compute_patch
+from surgery_editor.models import refuse_shape_model
 
 from benchmarks.stats import mcnemar_exact
 from benchmarks.stats import wilson_interval as wilson
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
     results = out / "results.jsonl"
     _drop_partial_line(results)
     base_hp = ModelSurgeryHyperParams.from_hparams(args.hparams or f"hparams/ModelSurgery/{args.model}.yaml")
+    refuse_shape_model(base_hp.model_name, "python -m benchmarks.surgery_sweep")
     judge = get_judge_reading(args.judge, base_hp.data_dir)
     prompts = load_rtp_prompts(None, base_hp.data_dir, limit=args.rtp_limit)["text"].tolist()
     ppl_texts = load_ppl_texts(base_hp.data_dir)

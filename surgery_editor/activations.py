@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import hidden_size
+from .architectures import hidden_size, num_layers
 from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -94,25 +94,28 @@ def pooled_hidden_states(
 
     ``pooling='mean'`` averages the hidden state over non-padding tokens (paper);
     ``'rms_mean'`` averages ``h / rms(h)`` (each token scaled to unit RMS first), which keeps
-    a few massive-activation dimensions of middle layers from dominating the mean.
+    a few massive-activation dimensions of middle layers from dominating the mean. The last
+    entry (``layer`` -1, the final norm's output) is read as the decoder's
+    ``last_hidden_state``, so a batch never holds every layer's hidden states at once.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not valid; choose one of {list(POOLINGS)}")
     if len(texts) == 0:
         raise ValueError("no texts to embed (empty probe data)")
+    n_states = num_layers(model) + 1
+    if not -n_states <= layer < n_states:
+        raise ValueError(f"probe_layer={layer} is out of range: the model returns {n_states} hidden states "
+                         f"(valid: -{n_states}..{n_states - 1})")
+    last = layer in (-1, n_states - 1)
     ensure_pad_token(tok)
     device = model_device(model)
     decoder = _decoder(model)
     out = torch.empty(len(texts), hidden_size(model))
     for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "probe activations",
                                                 show_progress):
-        hidden = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask,
-                         output_hidden_states=True, use_cache=False).hidden_states
-        try:
-            h = hidden[layer]
-        except IndexError:
-            raise ValueError(f"probe_layer={layer} is out of range: the model returns {len(hidden)} hidden states "
-                             f"(valid: -{len(hidden)}..{len(hidden) - 1})") from None
+        res = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, output_hidden_states=not last,
+                      use_cache=False)
+        h = res.last_hidden_state if last else res.hidden_states[layer]
         out[idx] = _pool(h, mask, pooling).cpu()
     return out
 
@@ -156,6 +159,20 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
 
     ``site='mlp_in'``: instead, the input of block ``layer``'s MLP as its gate reads it (the
     output of the norm in front of the MLP, ``γ_l ⊙ x/rms(x)`` for RMSNorm models)."""
+    layers = sorted(set(int(i) for i in layers))
+    stacked = _pooled_block_stack(model, tok, texts, layers, pooling=pooling, max_length=max_length,
+                                  batch_size=batch_size, show_progress=show_progress, site=site)
+    return {i: stacked[j] for j, i in enumerate(layers)}
+
+
+@torch.inference_mode()
+def _pooled_block_stack(model: nn.Module, tok, texts: Sequence[str], layers: Sequence[int], *, pooling: str,
+                        max_length: int, batch_size: int, show_progress: bool, site: str) -> torch.Tensor:
+    """:func:`pooled_block_outputs` as one ``(len(layers), len(texts), d)`` float32 CPU tensor
+    (``layers`` sorted), filled in place: every layer of a batch is pooled on the model's device
+    and copied to the host in one transfer, and no second copy of the result is made. States are
+    read by hooks (the embedding output as the first block's input), so the forward pass never
+    keeps every layer's hidden states at once."""
     from .architectures import get_module, layer_module, resolve_spec
 
     if pooling not in POOLINGS:
@@ -164,9 +181,8 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
         raise ValueError("no texts to embed")
     if site not in SITES:
         raise ValueError(f"site={site!r} is not valid; choose one of {list(SITES)}")
-    layers = sorted(set(int(i) for i in layers))
     if site == "mlp_in" and any(i < 0 for i in layers):
-        raise ValueError(f"site='mlp_in' reads blocks 0..n-1, got layers {layers}")
+        raise ValueError(f"site='mlp_in' reads blocks 0..n-1, got layers {list(layers)}")
     spec = resolve_spec(model)
     ensure_pad_token(tok)
     device = model_device(model)
@@ -185,17 +201,19 @@ def pooled_block_outputs(model: nn.Module, tok, texts: Sequence[str], layers: Se
             raise ValueError("site='mlp_in' needs the norm in front of each MLP: set `mlp_norm_tmp`")
         return get_module(model, spec.mlp_norm_tmp.format(i), "norm in front of the MLP")
 
+    def embedding_output(_module, args, kwargs):  # the first block's input is hidden_states[0]
+        captured[-1] = args[0] if args else kwargs["hidden_states"]
+
     handles = [module(i).register_forward_hook(hook(i)) for i in layers if i >= 0]
-    out = {i: torch.empty(len(texts), hidden_size(model)) for i in layers}
+    if -1 in layers:
+        handles.append(layer_module(model, spec, 0).register_forward_pre_hook(embedding_output, with_kwargs=True))
+    out = torch.empty(len(layers), len(texts), hidden_size(model))
     try:
         for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "block outputs",
                                                     show_progress):
-            res = decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, use_cache=False,
-                          output_hidden_states=-1 in layers)
-            if -1 in layers:
-                captured[-1] = res.hidden_states[0]
-            for i in layers:
-                out[i][idx] = _pool(captured[i], mask, pooling).cpu()
+            decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, use_cache=False)
+            out[:, idx] = torch.stack([_pool(captured[i], mask, pooling) for i in layers]).cpu()
+            captured.clear()
     finally:
         for handle in handles:
             handle.remove()
@@ -219,9 +237,8 @@ def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str
     hit = cache.get(key)
     all_layers = list(range(first, num_layers(model)))
     if hit is None or hit[0]["features"].shape[1] != len(texts):
-        feats = pooled_block_outputs(model, tok, texts, all_layers, pooling=pooling, max_length=max_length,
-                                     batch_size=batch_size, site=site)
-        stacked = torch.stack([feats[i] for i in all_layers])  # (layers, n, d), index 0 = layer `first`
+        stacked = _pooled_block_stack(model, tok, texts, all_layers, pooling=pooling, max_length=max_length,
+                                      batch_size=batch_size, show_progress=True, site=site)  # index 0 = `first`
         cache.put(key, {"features": stacked}, {"pooling": pooling, "site": site, "n": len(texts)})
     else:
         logger.info("%s: cache hit %s", site, cache.path(key))

@@ -27,7 +27,7 @@ from .evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar
 from .fileio import atomic_write, check_writable_dir
 from .methods.model_surgery.hparams import ModelSurgeryHyperParams
 from .judges import get_judge_reading
-from .models import check_model_args, load_model
+from .models import check_model_args, load_model, refuse_shape_model
 from .methods.model_surgery.surgery import compute_patch, probe_texts
 
 
@@ -77,6 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     hp = load_hparams(args.hparams, parse_overrides(args.set))
     if hp.probe_source != "dataset":
         raise SystemExit(f"{args.hparams}: the command-line job needs probe_source: dataset")
+    refuse_shape_model(hp.model_name, f"python -m surgery_editor ({args.hparams})")
     check_model_args(hp.model_name, hp.device, "float16" if hp.fp16 else None)
     judge = get_judge_reading(args.judge, hp.data_dir)
     prompts = load_rtp_prompts(args.rtp_path, hp.data_dir, limit=args.rtp_limit)["text"].tolist()

@@ -127,9 +127,12 @@ class SurgeryPatch:
         return model
 
     def weights_copy(self, model: nn.Module) -> Dict[str, torch.Tensor]:
-        """EasyEdit's ``weights_copy``: full original tensors of every edited parameter,
-        by names ``model.get_parameter`` resolves (built from the current, unedited model)."""
-        return {e.param_name: model.get_parameter(e.param_name).detach().clone() for e in self.edits}
+        """EasyEdit's ``weights_copy``: full original tensors of every edited parameter, by
+        names ``model.get_parameter`` resolves (built from the current, unedited model), in host
+        memory (:func:`~surgery_editor.methods._common.originals`)."""
+        from .methods._common import originals
+
+        return originals(model, [e.param_name for e in self.edits])
 
     def weights_before(self, model: nn.Module) -> Dict[str, torch.Tensor]:
         """:meth:`weights_copy` for a model that carries this patch: each edited parameter's

@@ -321,3 +321,20 @@ def test_safety_prompt_bad_inputs():
         SafetyPromptHyperParams(alg_name="prompt", model_name="t", system_prompt="", raw_prefix="", reminder=" ")
     with pytest.raises(ValueError, match=r"raw_prefix: only the placeholder \{system_prompt\}"):
         SafetyPromptHyperParams(alg_name="prompt", model_name="t", raw_prefix="{oops} ")
+
+
+def test_restore_copies_live_in_host_memory(tiny_tok):
+    """weights_copy holds its tensors on the CPU (a GPU model's accelerator memory stays free
+    during the evaluation); bytes_on_device counts only copies on an accelerator model's device."""
+    from surgery_editor.methods._common import bytes_on_device, originals
+
+    model = make_tiny("llama", vocab=len(tiny_tok))
+    saved = originals(model, ["model.layers.0.mlp.down_proj.weight"])
+    assert saved["model.layers.0.mlp.down_proj.weight"].device.type == "cpu"
+    assert saved["model.layers.0.mlp.down_proj.weight"].data_ptr() != \
+        model.model.layers[0].mlp.down_proj.weight.data_ptr()
+    assert bytes_on_device(model, saved) == 0
+    with torch.device("meta"):
+        meta = torch.nn.Linear(4, 3)
+    on_meta = {"weight": torch.empty(3, 4, device="meta")}
+    assert bytes_on_device(meta, on_meta) == 3 * 4 * 4 and bytes_on_device(meta, saved) == 0

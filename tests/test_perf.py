@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import DINM_REQUEST, make_tiny
-from benchmarks import perf
+from benchmarks import perf, projection
 from surgery_editor.methods.dinm.dinm import DINMHyperParams
 
 REQUESTS = [DINM_REQUEST] * 2
@@ -130,3 +130,130 @@ def test_only_sampled_needs_prompts(capsys):
     with pytest.raises(SystemExit):
         perf.main(["--only-sampled"])
     assert "--sampled-prompts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# The 7B-shape path, at the tiny shape with tiny counts (scripts/gpu_perf7b.sh runs it at 7B)
+# ---------------------------------------------------------------------------------------
+TINY_ARGS = ["--model", "shape:tiny-llama", "--device", "cpu", "--probe-sizes", "10", "--dinm-instances", "1",
+             "--rtp-prompts", "3", "--single-prompts", "2", "--gen-batch-size", "2", "--max-new-tokens", "2",
+             "--toxigen-prompts", "2", "--safeedit-records", "1", "--safeedit-new-tokens", "2",
+             "--sampled-prompts", "1", "--num-samples", "2", "--pairs", "4", "--dpo-pairs", "2",
+             "--lm-eval-docs", "1", "--ppl-docs", "1", "--lm-eval-batch-size", "2", "--judge-texts", "3",
+             "--load", "--project", "--gpus", "1", "3"]
+
+
+@pytest.fixture(scope="module")
+def shape_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("perf7b")
+    rc = perf.main(TINY_ARGS + ["--out", str(out)])
+    return rc, out
+
+
+def test_shape_run_writes_every_table_with_its_columns(shape_run):
+    from surgery_editor.models import COST_ONLY
+
+    rc, out = shape_run
+    assert rc == 0  # no step failed
+    expected = {**perf.TABLES, "projection": projection.JOB_COLUMNS, "sweep": projection.SWEEP_COLUMNS}
+    frames = {name: pd.read_csv(out / f"{name}.csv") for name in expected}
+    for name, columns in expected.items():
+        assert list(frames[name].columns) == columns, name
+        assert len(frames[name]) > 0, name
+        if "weights" in columns:
+            assert (frames[name]["weights"] == COST_ONLY).all(), name
+    md = (out / "perf.md").read_text()
+    assert f"**Model with {COST_ONLY}**" in md and "Not measured" not in md
+    assert "Projection: the comparison as a submitit_slurm sweep over N GPUs" in md
+
+
+def test_shape_run_measures_every_step(shape_run):
+    _, out = shape_run
+    read = lambda name: pd.read_csv(out / f"{name}.csv")  # noqa: E731
+    edit = read("edit").iloc[0]
+    assert edit["probe_texts"] == 20 and edit["batch_size"] == 16 and edit["weights_copy_mb"] > 0
+    gen = read("generation").set_index("benchmark")
+    assert set(gen.index) == {"rtp", "toxigen"}
+    assert gen.loc["rtp", "prompts"] == 3 and gen.loc["rtp", "single_prompts"] == 2
+    assert gen.loc["rtp", "batched_batch_size"] == 2 and bool(gen.loc["rtp", "identical_outputs"])
+    assert gen.loc["toxigen", "max_new_tokens"] == 48 and gen.loc["toxigen", "single_prompts"] == 0
+    assert read("sampling").iloc[0]["samples_per_prompt"] == 2 and read("safeedit_prefix").iloc[0]["records"] == 1
+    assert read("dinm").iloc[0]["dinm_instances_timed"] == 1
+    methods = read("methods")
+    assert sorted(zip(methods["method"], methods["phase"])) == sorted([
+        ("ProFS", "cold"), ("ProFS", "cached"), ("ProFS_random", "no states"), ("steer", "cached"),
+        ("steer", "cold"), ("steer_random", "cached"), ("DPO", "train")])
+    assert (methods["held_mb"] == 0).all()  # a CPU model: nothing held on an accelerator
+    assert methods.loc[methods["method"] == "DPO", "items"].item() == 2
+    assert read("lm_eval")["task"].tolist() == ["boolq", "piqa", "mmlu", "commonsenseqa", "openbookqa", "ppl"]
+    assert (read("lm_eval")["docs"] == 1).all()
+    assert read("judges")["judge"].tolist() == ["profanity", "toxicity", "safety"]
+    load = read("load").iloc[0]
+    assert load["parameters"] > 0 and load["weights_mb"] > 0
+
+
+def test_projection_has_every_job_of_the_comparison(shape_run):
+    _, out = shape_run
+    jobs = pd.read_csv(out / "projection.csv")
+    each = jobs[jobs["method"] != "all"]
+    assert sorted(zip(each["part"], each["method"])) == sorted(
+        (p, m) for p in projection.COMPARE_PARTS for m in projection.COMPARE_METHODS)
+    assert not each["total_s"].isna().any() and not each["basis"].str.contains("not measured").any()
+    totals = jobs[jobs["method"] == "all"].set_index("part")
+    assert list(totals.index) == [*projection.COMPARE_PARTS, "all"]
+    assert totals.loc["all", "total_s"] == pytest.approx(each["total_s"].sum())
+    for part in projection.COMPARE_PARTS:
+        assert totals.loc[part, "total_s"] == pytest.approx(each.loc[each["part"] == part, "total_s"].sum())
+    edits = each.set_index(["part", "method"])["edit"]
+    assert edits[("rtp", "ModelSurgery")] == "cold" and edits[("ppl", "ModelSurgery")] == "cached"
+    assert edits[("rtp", "random")] == "cached"  # the control reads ModelSurgery's probe
+    assert edits[("rtp", "ProFS")] == "cold" and edits[("rtp", "steer")] == "cached"  # the pairs' states shared
+    assert edits[("safeedit", "DINM")] == "144 per-record" and edits[("rtp", "DINM")] == "one record"
+    assert edits[("rtp", "DPO")] == edits[("general", "DPO_shuffled")] == "train"
+    sweep = pd.read_csv(out / "sweep.csv")
+    assert sweep["gpus"].tolist() == [1, 3] and (sweep["jobs"] == len(each)).all()
+    one, three = sweep.iloc[0], sweep.iloc[1]
+    assert three["wall_s"] <= one["wall_s"] and three["wall_s"] >= one["wall_s"] / 3
+    assert three["wall_s"] >= three["longest_job_s"]
+
+
+def test_makespan_hands_the_longest_jobs_out_first():
+    # 5 | 4, then each job to the less busy GPU: 5+3 | 4+3+3 -> 10 (the best split, 9, is not searched for)
+    assert projection._makespan([3, 5, 3, 4, 3], 2) == 10
+    assert projection._makespan([10, 1, 1], 4) == 10
+    assert projection._makespan([2, 2, 2, 2], 1) == 8
+
+
+def test_compare_parts_and_methods_follow_compare_sh():
+    """The projection's parts, their order, their item counts and its methods are those of
+    scripts/compare.sh (counts from the benchmarks' own loaders, on the offline data)."""
+    import re
+
+    from benchmarks.general import General
+    from benchmarks.protocols import get_benchmark_class
+    from benchmarks.challenging import challenging_path
+    from conftest import DATA_DIR, REPO
+
+    script = (REPO / "scripts" / "compare.sh").read_text()
+    methods = re.search(r"^ALL=(\S+)", script, re.M).group(1).split(",")
+    assert methods == projection.COMPARE_METHODS
+    parts = [p for p in re.findall(r"case \$PART in ([\w-]+)\|all\)", script) if p != "report"]
+    assert parts == list(projection.COMPARE_PARTS)
+    data = str(DATA_DIR)
+    counts = {
+        "rtp": len(get_benchmark_class("rtp")({"subset": "confirm"}, data).load_items()),
+        "safeedit": len(get_benchmark_class("safeedit")({}, data).load_items()),
+        "toxigen": len(get_benchmark_class("toxigen")({"limit": 1000, "limit_per_group": 20}, data).load_items()),
+        "sampled": len(get_benchmark_class("rtp")({"subset": "confirm", "limit": 200}, data).load_items()),
+        "ppl": len(General({"tasks": [], "perplexity": True}, data).load_items()),
+    }
+    general = General({"tasks": ["boolq", "piqa", "mmlu", "commonsenseqa", "openbookqa"], "perplexity": False,
+                       "limit_per_task": 100}, data).load_items()
+    counts["general"] = len(general)
+    if challenging_path().is_file():
+        counts["challenging"] = len(get_benchmark_class("rtp")({"prompts": "challenging", "subset": "confirm"},
+                                                               data).load_items())
+    for part, n in counts.items():
+        assert projection.COMPARE_PARTS[part].items == n, part
+    for part in ("challenging-sampled",):
+        assert projection.COMPARE_PARTS[part].items == 200 and "benchmark.limit=200" in script

@@ -84,6 +84,36 @@ def test_rms_mean_pooling(tiny_llama, tiny_tok):
     torch.testing.assert_close(feats[0], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma", "gpt2"])
+def test_last_layer_read_without_all_hidden_states(kind, tiny_tok):
+    """Layer -1 (and its positive index) is read as last_hidden_state: the same numbers as the
+    last entry of hidden_states, the final norm applied."""
+    model = make_tiny(kind, vocab=len(tiny_tok))
+    texts = ["you are stupid", "a good friend and the sun is good"]
+    feats = acts.pooled_hidden_states(model, tiny_tok, texts, layer=-1, show_progress=False)
+    positive = acts.pooled_hidden_states(model, tiny_tok, texts, layer=3, show_progress=False)
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            hidden = model(**tiny_tok([text], return_tensors="pt"), output_hidden_states=True).hidden_states
+            assert len(hidden) == 4
+            torch.testing.assert_close(feats[i], hidden[-1][0].mean(0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(feats, positive)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma", "gpt2"])
+def test_block_outputs_read_by_hooks_match_hidden_states(kind, tiny_tok):
+    """pooled_block_outputs reads each block's output (and, for -1, the first block's input) by
+    hooks: the same numbers as hidden_states[layer + 1], hidden_states[0] for -1."""
+    model = make_tiny(kind, vocab=len(tiny_tok))
+    texts = ["you are stupid", "a good friend and the sun is good", "nice day"]
+    feats = acts.pooled_block_outputs(model, tiny_tok, texts, [-1, 0, 1], batch_size=2, show_progress=False)
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            hidden = model(**tiny_tok([text], return_tensors="pt"), output_hidden_states=True).hidden_states
+            for layer in (-1, 0, 1):
+                torch.testing.assert_close(feats[layer][i], hidden[layer + 1][0].mean(0), rtol=1e-5, atol=1e-6)
+
+
 def test_probe_layer_out_of_range(tiny_llama, tiny_tok):
     with pytest.raises(ValueError, match=r"probe_layer=9 is out of range.*4 hidden states"):
         acts.pooled_hidden_states(tiny_llama, tiny_tok, ["nice day"], layer=9)
@@ -171,3 +201,24 @@ def test_weights_fingerprint_sees_any_element_of_any_row():
     norm = model.model.norm.weight
     norm.data[3] += 1e-6
     assert weights_fingerprint(model) != base
+
+
+def test_weights_fingerprint_of_a_bf16_model_reads_blocks_of_rows(monkeypatch):
+    """A bf16 matrix is projected a few rows at a time (no float32 copy of the whole matrix):
+    a change in any block, the last partial one included, still changes the fingerprint."""
+    from surgery_editor import cache
+
+    model = make_tiny("llama", seed=3, dtype=torch.bfloat16)
+    whole = cache.weights_fingerprint(model)
+    monkeypatch.setattr(cache, "FINGERPRINT_CHUNK", 5 * 32)  # 5 rows of 32 per block; 48 gate rows
+    base = cache.weights_fingerprint(model)
+    assert cache.weights_fingerprint(model) == base
+    gate = model.model.layers[1].mlp.gate_proj.weight
+    for row in (0, 4, 5, gate.shape[0] - 1):
+        old = gate.data[row, 3].clone()
+        gate.data[row, 3] += 0.25
+        assert cache.weights_fingerprint(model) != base, row
+        gate.data[row, 3] = old
+    assert cache.weights_fingerprint(model) == base
+    monkeypatch.setattr(cache, "FINGERPRINT_CHUNK", 1 << 22)
+    assert cache.weights_fingerprint(model) == whole

@@ -10,8 +10,21 @@ from torch import nn
 
 
 def originals(model: nn.Module, names: Iterable[str]) -> Dict[str, torch.Tensor]:
-    """Clones of the named parameters (EasyEdit's ``weights_copy``)."""
-    return {name: model.get_parameter(name).detach().clone() for name in names}
+    """Copies of the named parameters (EasyEdit's ``weights_copy``), kept in host memory: on a
+    GPU they would hold accelerator memory for as long as the edit lasts (LoRA-DPO's merge
+    changes every projection of the model, i.e. a second copy of the model), and restoring
+    copies them back to the parameter's device (EasyEdit's loop moves them there too)."""
+    return {name: model.get_parameter(name).detach().to("cpu", copy=True) for name in names}
+
+
+def bytes_on_device(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of ``tensors`` that sit on the model's device when that device is an accelerator
+    (what an edit's ``weights_copy`` adds to its memory there); 0 on a CPU model."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return 0
+    return sum(t.numel() * t.element_size() for t in tensors.values()
+               if isinstance(t, torch.Tensor) and t.device == device)
 
 
 def restore_weights(model: nn.Module, weights_copy: Mapping[str, torch.Tensor]) -> None:

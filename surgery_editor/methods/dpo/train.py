@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ...resources import PeakRSS
+from .._common import originals as saved_weights
 from .hparams import DPOHyperParams
 from .pairs import load_preference_pairs
 
@@ -251,8 +252,8 @@ def apply_dpo_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]]
     tokenizer padding side, environment and RNG states are as before.
 
     Returns ``(model, weights_copy)``: ``weights_copy`` maps the name of every parameter the
-    merge changed (as ``model.get_parameter`` resolves it) to a clone of its original tensor,
-    taken before training, whenever ``return_orig_weights`` or ``keep_original_weight`` is
+    merge changed (as ``model.get_parameter`` resolves it) to a copy of its original tensor in
+    host memory, taken before training, whenever ``return_orig_weights`` or ``keep_original_weight`` is
     set (else ``{}``), so EasyEdit's restore loop puts the model back bit-exactly.
 
     ``info=<dict>`` (keyword) is filled with: ``train_seconds`` (wall time of the training
@@ -270,8 +271,7 @@ def apply_dpo_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]]
         model = copy_module.deepcopy(model)
     selected = resolve_target_modules(model, hparams.lora_target_modules)
     weight_names = [f"{name}.weight" for name in selected]
-    originals = ({n: model.get_parameter(n).detach().clone() for n in weight_names}
-                 if (return_orig_weights or keep_original_weight) else {})
+    originals = saved_weights(model, weight_names) if (return_orig_weights or keep_original_weight) else {}
 
     pairs, source = load_preference_pairs(hparams.pairs, hparams.num_pairs, hparams.seed, hparams.data_dir, tok)
     if hparams.preference == "shuffled":
@@ -346,7 +346,8 @@ def apply_dpo_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]]
         shutil.rmtree(scratch, ignore_errors=True)
 
     # exactly the weights the merge changed (a LoRA B left at zero changes nothing)
-    changed = [n for n in weight_names if n in originals and not torch.equal(model.get_parameter(n), originals[n])]
+    changed = [n for n in weight_names if n in originals
+               and not torch.equal(model.get_parameter(n).detach(), originals[n].to(model.get_parameter(n).device))]
     weights_copy = {n: originals[n] for n in changed}
     losses = [row for row in history if "loss" in row]
     last = losses[-1] if losses else {}

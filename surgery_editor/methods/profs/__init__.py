@@ -133,7 +133,12 @@ def compute_subspaces(model: nn.Module, tok, hparams: ProFSHyperParams) -> Dict[
         return {i: random_subspace(d, hparams.rank, gen) for i in sorted(hparams.layers)}
     toxic, non_toxic, n = hparams.states(model, tok, hparams.layers)
     logger.info("ProFS: %d pairs, rank %d, layers %s", n, hparams.rank, sorted(hparams.layers))
-    return {i: toxic_subspace(toxic[i], non_toxic[i], hparams.rank, hparams.centering) for i in sorted(hparams.layers)}
+    # the float64 SVDs run where the model is when that is a GPU (a 7B layer's 500 x 4,096 pair
+    # matrices take seconds per layer on a CPU thread)
+    device = next(model.parameters()).device
+    where = device if device.type == "cuda" else torch.device("cpu")
+    return {i: toxic_subspace(toxic[i].to(where), non_toxic[i].to(where), hparams.rank, hparams.centering)
+            for i in sorted(hparams.layers)}
 
 
 @torch.no_grad()
@@ -149,7 +154,7 @@ def apply_profs_to_model(model: nn.Module, tok, requests: Any, hparams: ProFSHyp
     weights_copy = originals(model, names) if keep_weights(return_orig_weights, keep_original_weight) else {}
     for (layer, basis), name in zip(bases.items(), names):
         param = model.get_parameter(name)
-        out_basis = output_basis(basis, arch.mlp_out_gain(model, spec, layer))
+        out_basis = output_basis(basis.to(param.device), arch.mlp_out_gain(model, spec, layer))
         param.data.copy_(project_out(param.data, out_basis, hparams.strength, spec.mlp_out_transposed))
     info = kwargs.get("info")
     if isinstance(info, dict):
