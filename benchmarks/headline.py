@@ -5,7 +5,8 @@
 
 A table is marked in the Markdown file by an opening comment that names the comparison folder
 (its ``report.csv`` is what ``python -m benchmarks.report ROOT`` wrote from the run dirs) and the
-run labels to show, one row each, and a closing comment::
+run labels to show, one row each (optionally ``columns="title;..."``: only these of
+:data:`COLUMNS`), and a closing comment::
 
     <!-- headline root=docs/results/compare/smollm2-135m rows="none;ModelSurgery;DPO" -->
     | ... generated ... |
@@ -87,9 +88,14 @@ def _cell(run: pd.Series, metric: str, control: bool) -> str:
     return cell
 
 
-def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "report") -> pd.DataFrame:
+def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "report",
+                   columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per label in ``rows`` (each must be a run label of ``report``), one column per
-    :data:`COLUMNS` entry the unedited run has, and ``edit s``."""
+    :data:`COLUMNS` entry the unedited run has (only those titled in ``columns`` when given),
+    and ``edit s``."""
+    unknown = sorted(set(columns or ()) - {c.title for c in COLUMNS})
+    if unknown:
+        raise ValueError(f"{source}: unknown column(s) {unknown}; columns: {[c.title for c in COLUMNS]}")
     views = _views(report)
     missing = [label for label in rows if label not in set(report["label"])]
     if missing:
@@ -97,7 +103,7 @@ def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "rep
     none = report[report["method"] == "none"]
     out = pd.DataFrame({"method": list(rows)})
     for col in COLUMNS:
-        if col.metric not in report.columns:
+        if col.metric not in report.columns or (columns and col.title not in columns):
             continue
         view = next((v for v in col.views if ((views[none.index] == v) & none[col.metric].notna()).any()), None)
         if view is None:
@@ -118,22 +124,26 @@ def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "rep
     return out
 
 
-def _parse_args(text: str, where: str) -> Tuple[Path, List[str]]:
+def _split(value: str) -> List[str]:
+    return [r.strip() for r in value.split(";") if r.strip()]
+
+
+def _parse_args(text: str, where: str) -> Tuple[Path, List[str], Optional[List[str]]]:
     args = dict(part.split("=", 1) for part in shlex.split(text) if "=" in part)
     if "root" not in args or "rows" not in args:
-        raise ValueError(f"{where}: a headline mark needs root=<comparison folder> and rows=\"label;label;...\", "
-                         f"got {text!r}")
-    return Path(args["root"]), [r.strip() for r in args["rows"].split(";") if r.strip()]
+        raise ValueError(f"{where}: a headline mark needs root=<comparison folder> and rows=\"label;label;...\" "
+                         f"(and optionally columns=\"title;...\"), got {text!r}")
+    return Path(args["root"]), _split(args["rows"]), _split(args["columns"]) if "columns" in args else None
 
 
 def render(markdown: str, base: Path, where: str = "README.md") -> str:
     """``markdown`` with every marked table regenerated; roots are relative to ``base``."""
     def one(match: re.Match) -> str:
-        root, rows = _parse_args(match.group("args"), where)
+        root, rows, columns = _parse_args(match.group("args"), where)
         csv = base / root / "report.csv"
         if not csv.is_file():
             raise FileNotFoundError(f"{where}: {csv} not found; write it with `python -m benchmarks.report {root}`")
-        table = headline_table(pd.read_csv(csv), rows, source=str(csv))
+        table = headline_table(pd.read_csv(csv), rows, source=str(csv), columns=columns)
         return f"<!-- headline {match.group('args')} -->\n{table.to_markdown(index=False, disable_numparse=True)}\n<!-- /headline -->"
 
     return MARK.sub(one, markdown)

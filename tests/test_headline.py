@@ -48,6 +48,12 @@ def test_table_takes_the_challenging_view_with_paired_differences_and_control(co
     assert cells[1] == "0.100 (-0.400, p=0.12) [ctrl -0.400, p=0.12]"  # 4 discordant pairs: 2 x 0.5^4 = 0.125
     assert cells[header.index("perplexity, n=10")] == "25.0" and cells[-1] == "2.0"
     assert headline.render(out, comparison) == out  # regenerating changes nothing
+    narrow = headline.render('<!-- headline root=docs/cmp rows="steer" columns="perplexity" -->\n<!-- /headline -->\n',
+                             comparison)
+    assert narrow.splitlines()[1].replace(" ", "") == "|method|perplexity,n=10|edits|"
+    with pytest.raises(ValueError, match="unknown column.*'toxicity'"):
+        headline.render('<!-- headline root=docs/cmp rows="steer" columns="toxicity" -->\n<!-- /headline -->\n',
+                        comparison)
 
 
 def test_check_mode_and_errors(comparison, capsys):
@@ -69,3 +75,13 @@ def test_check_mode_and_errors(comparison, capsys):
 def test_p_values_are_short():
     assert [headline._p(p) for p in (0.125, 0.0343, 0.001, 2.16e-06, 1.04e-29)] == ["0.12", "0.034", "0.001", "2e-6",
                                                                                     "1e-29"]
+
+
+def test_readme_tables_are_the_generated_ones():
+    """The verdict tables in README.md are what `python -m benchmarks.headline README.md` makes from
+    the committed reports (which tests/test_compact.py regenerates from the committed runs)."""
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    assert headline.MARK.search(readme.read_text(encoding="utf-8")), "README.md has no headline tables"
+    assert headline.main([str(readme), "--check"]) == 0
