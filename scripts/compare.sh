@@ -33,7 +33,7 @@ run() {  # run PART-DIR overrides...
 case $PART in rtp|all) run rtp benchmark=rtp benchmark.subset=confirm benchmark.limit="$RTP_LIMIT" ;; esac
 case $PART in ppl|all) run ppl benchmark=general 'benchmark.tasks=[]' ;; esac
 case $PART in safety) run safety scale=cpu-small benchmark=safeedit,toxigen ;; esac  # the old quick look: 8 + 64
-# Full offline scale (issue 12): all 144 SafeEdit records (48 new tokens, inputs up to 1,024
+# Full offline scale: all 144 SafeEdit records (48 new tokens, inputs up to 1,024
 # tokens as on the GPU run); ToxiGen 20 prompts per group (48 new tokens); the sampled RTP
 # protocol (25 nucleus samples per prompt) on the first 200 prompts of the confirmation split.
 case $PART in safeedit|all) run safeedit benchmark=safeedit generation.max_new_tokens=48 ;; esac

@@ -38,7 +38,7 @@ case $MODEL in
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     # second look, around the best steering setting of the first screen (layer 6, scale 1)
     sweep steer_fine method=steer hparams.layer=4,6 hparams.scale=1.25,1.5
-    # ModelSurgery, layer-wise variant (issue 11): ParaDetox pairs or RTP continuations as probe
+    # ModelSurgery, layer-wise variant: ParaDetox pairs or RTP continuations as probe
     # data, three step sizes; the random-direction control beside each on toxicity
     screen surgery rtp method=ModelSurgery,random method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
     screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.4,0.5
@@ -63,12 +63,12 @@ case $MODEL in
     screen steer ppl method=steer hparams.layer=-1 hparams.scale=1,2,4,8
     sweep ProFS method=ProFS 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
-    # ModelSurgery, layer-wise variant (issue 11), ParaDetox probe data as chosen on SmolLM2
+    # ModelSurgery, layer-wise variant, ParaDetox probe data as chosen on SmolLM2
     screen surgery rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     # (alpha = 0.7's perplexity was stopped: 0.3 had already doubled perplexity, 0.5 multiplied it by 7.5)
-    # (the ProFS and steering screens above were not run for Gemma in these sessions)
-    # DPO (issue 12): the recipe copied from SmolLM2 at learning rate 1e-4 collapses on Gemma
+    # (the ProFS and steering screens above were not run for Gemma)
+    # DPO: the recipe copied from SmolLM2 at learning rate 1e-4 collapses on Gemma
     # (greedy continuations become <start_of_image>, perplexity x3); smaller steps
     sweep dpo method=DPO hparams.learning_rate=1e-5,3e-5,5e-5
     ;;

@@ -1,4 +1,4 @@
-"""Issue 9, part 2: bad inputs end in an error that names the file, key or item and what
+"""Bad inputs end in an error that names the file, key or item and what
 would be valid, or in correct behaviour."""
 
 from __future__ import annotations
