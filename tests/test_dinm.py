@@ -490,8 +490,11 @@ def test_against_real_easyedit_dinm(tiny_tok, tmp_path, monkeypatch):
     apply_dinm_to_model(ours, tiny_tok, REQUEST, h)
     _, wc = apply_ee(theirs, tiny_tok, [REQUEST], ee_h, return_orig_weights=True)
     assert ee_h.layers == [2] and list(wc) == [TARGET.format(2)]
+    # to 0.1% of the step: Adam's first step moves a weight by lr * g / (|g| + eps), and where |g| is
+    # tiny the float summation order of the backward pass (library builds) shifts that ratio a little
     torch.testing.assert_close(theirs.get_parameter(TARGET.format(2)), ours.get_parameter(TARGET.format(2)),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=1e-3 * h.lr)
+    assert not torch.equal(ours.get_parameter(TARGET.format(2)), before[TARGET.format(2)])  # a step was taken
     assert all(p.requires_grad for p in theirs.parameters())
     restore_weights(theirs, wc)
     assert_same_state(theirs, before)
