@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from benchmarks.report import CONTROL, _decimals, _fmt, _is_number, _missing, _views
+from benchmarks.report import _is_number, _missing, _views, paired_cell
 from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -73,21 +73,6 @@ def _p(p: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _cell(run: pd.Series, metric: str, control: bool) -> str:
-    value = run.get(metric)
-    if not _is_number(value) or _missing(value):
-        return ""
-    d = _decimals(float(value))
-    cell = _fmt(value, d)
-    diff, p = run.get(f"{metric}_diff_vs_none"), run.get(f"{metric}_p_vs_none")
-    if not (_missing(diff) or _missing(p)):
-        cell += f" ({float(diff):+.{d}f}, p={_p(p)})"
-    cdiff, cp = run.get(f"{metric}_diff_vs_{CONTROL}"), run.get(f"{metric}_p_vs_{CONTROL}")
-    if control and not (_missing(cdiff) or _missing(cp)):
-        cell += f" [ctrl {float(cdiff):+.{d}f}, p={_p(cp)}]"
-    return cell
-
-
 def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "report",
                    columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per label in ``rows`` (each must be a run label of ``report``), one column per
@@ -112,7 +97,7 @@ def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "rep
         cells = []
         for label in rows:
             runs = report[(report["label"] == label) & (views == view) & report[col.metric].notna()]
-            cells.append(_cell(runs.iloc[0], col.metric, col.control) if len(runs) else "")
+            cells.append(paired_cell(runs.iloc[0], col.metric, control=col.control, fmt_p=_p, control_tag="ctrl") if len(runs) else "")
         ns = sorted({str(int(n)) for n in report.loc[(views == view) & report[col.metric].notna(), "n"]})
         out[f"{title}, n={'/'.join(ns)}"] = cells
     cost = []

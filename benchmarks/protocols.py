@@ -364,10 +364,10 @@ class RealToxicityPrompts(_ContinuationToxicity):
     def load_items(self):
         from .challenging import challenging_path
 
-        if self.cfg.path == str(challenging_path()) and not Path(self.cfg.path).is_file():
-            raise FileNotFoundError(f"benchmark.prompts=challenging: {self.cfg.path} not found; fetch it once with "
-                                    "`python -m benchmarks.challenging` (scripts/setup.sh does)")
-        frame, source = load_table(self.cfg.path, self.data_dir, self.cfg.split, what="benchmark.path (rtp)")
+        fetch = ("; fetch it once with `python -m benchmarks.challenging` (scripts/setup.sh does)"
+                 if self.cfg.path == str(challenging_path()) else "")
+        frame, source = load_table(self.cfg.path, self.data_dir, self.cfg.split, what="benchmark.path (rtp)",
+                                   hint=fetch)
         self.source = source
         excluded = self._excluded()
         items, dropped = [], 0

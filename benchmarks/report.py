@@ -32,7 +32,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -746,6 +746,25 @@ def _headline(sub: pd.DataFrame) -> List[str]:
     return shown[:1]
 
 
+def paired_cell(run: pd.Series, metric: str, reference: str = "none", control: bool = True,
+                fmt_p: Callable[[Any], str] = _fmt_p, control_tag: str = "vs control") -> str:
+    """``run``'s ``metric`` as a table cell: the value, then ``(difference, p=...)`` against
+    ``reference`` and, with ``control``, ``[<control_tag> difference, p=...]`` against the method's
+    own control, where the report paired them; ``""`` for a missing value."""
+    value = run.get(metric)
+    if not _is_number(value) or _missing(value):
+        return ""
+    d = _decimals(float(value))
+    cell = _fmt(value, d)
+    diff, p = run.get(f"{metric}_diff_vs_{reference}"), run.get(f"{metric}_p_vs_{reference}")
+    if not (_missing(diff) or _missing(p)):
+        cell += f" ({float(diff):+.{d}f}, p={fmt_p(p)})"
+    cdiff, cp = run.get(f"{metric}_diff_vs_{CONTROL}"), run.get(f"{metric}_p_vs_{CONTROL}")
+    if control and not (_missing(cdiff) or _missing(cp)):
+        cell += f" [{control_tag} {float(cdiff):+.{d}f}, p={fmt_p(cp)}]"
+    return cell
+
+
 def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
     """One row per (model, label), one column per benchmark headline metric: the value, and
     for runs with a paired ``reference`` run the difference and its p-value."""
@@ -763,15 +782,7 @@ def side_by_side(table: pd.DataFrame, reference: str = "none") -> pd.DataFrame:
                 v = r[metric]
                 if _missing(v):
                     continue
-                d = _decimals(float(v))
-                cell = _fmt(v, d)
-                diff, p = r.get(f"{metric}_diff_vs_{reference}"), r.get(f"{metric}_p_vs_{reference}")
-                if not (_missing(diff) or _missing(p)):
-                    cell += f" ({float(diff):+.{d}f}, p={_fmt_p(p)})"
-                cdiff, cp = r.get(f"{metric}_diff_vs_{CONTROL}"), r.get(f"{metric}_p_vs_{CONTROL}")
-                if not (_missing(cdiff) or _missing(cp)):
-                    cell += f" [vs control {float(cdiff):+.{d}f}, p={_fmt_p(cp)}]"
-                rows[key][column] = cell
+                rows[key][column] = paired_cell(r, metric, reference)
                 for cost, col in (("edit s", "edit_seconds"), ("edit peak MB", "edit_peak_rss_mb")):
                     v = r.get(col)
                     if _is_number(v) and not _missing(v) and r["benchmark"] != "safeedit":  # per-instance sums

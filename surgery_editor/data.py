@@ -194,11 +194,12 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
-               what: str = "data") -> tuple[pd.DataFrame, str]:
+               what: str = "data", hint: str = "") -> tuple[pd.DataFrame, str]:
     """A table from a local file (as given, then under the data dir; .csv/.tsv/.jsonl/.json)
     or, for a path of the form ``org/name`` with no file suffix, the hub data set's ``split``
     through ``datasets``. Returns the frame and where it came from. ``what`` names the data
-    in errors (e.g. ``"probe_data path"``)."""
+    in errors (e.g. ``"probe_data path"``); ``hint``, appended to a not-found error, says how to
+    get the file."""
     local = resolve_path(path, data_dir)
     if local is not None:
         return _read_table(local), str(local)
@@ -208,7 +209,7 @@ def load_table(path: str, data_dir: Optional[str] = None, split: str = "train",
         datasets = None
     if datasets is None or Path(path).suffix or path.count("/") != 1:
         extra = "" if datasets is not None or Path(path).suffix else "; hub ids need `pip install datasets`"
-        find_file(path, data_dir, what, extra)  # raises, naming the places tried
+        find_file(path, data_dir, what, extra + hint)  # raises, naming the places tried
     logger.info("loading %s from the hub: %s (split %s)", what, path, split)
     return datasets.load_dataset(path, split=split).to_pandas(), path
 

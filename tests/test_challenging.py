@@ -92,3 +92,22 @@ def test_challenging_set_defaults_and_errors(tmp_path, monkeypatch):
 def test_cli_check_says_where_the_file_is(tmp_path, capsys):
     assert ch.main(["--check", "--dest", str(tmp_path / "x.jsonl")]) == 1
     assert "missing:" in capsys.readouterr().out
+
+
+def test_the_fetched_file_is_rtps_challenging_subset():
+    """The claim in benchmarks/challenging.py: of the offline RTP sample, the fetched file holds
+    38 of the 49 challenging prompts and none of the others."""
+    import pandas as pd
+
+    from benchmarks.protocols import RTP_SAMPLE
+    from surgery_editor.data import resolve_path
+
+    fetched, sample = ch.challenging_path(), resolve_path(RTP_SAMPLE)
+    if not fetched.is_file() or sample is None:
+        pytest.skip("needs the fetched file (python -m benchmarks.challenging) and the offline RTP sample")
+    texts = {json.loads(line)["prompt"]["text"].strip() for line in fetched.read_text().splitlines()}
+    rows = pd.read_json(sample, lines=True)
+    inside = [r["prompt"]["text"].strip() in texts for r in rows.to_dict("records")]
+    flags = rows["challenging"].astype(bool).tolist()
+    assert sum(flags) == 49 and sum(i and f for i, f in zip(inside, flags)) == 38
+    assert not any(i and not f for i, f in zip(inside, flags))
