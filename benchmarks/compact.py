@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from benchmarks.rundir import (BOOKKEEPING, COMPACT, CONFIG, HYDRA_DIR, METRICS, RESULTS, SHARED, Run, natural_key,
+from .rundir import (BOOKKEEPING, COMPACT, CONFIG, HYDRA_DIR, METRICS, RESULTS, SHARED, Run, natural_key,
                                encode_compact, encode_shared, find_run_dirs, group_of, is_compact, read_run,
                                shared_rows, write_expanded, write_if_changed)
-from benchmarks.store import RunDirInUse, RunLock
+from .store import RunDirInUse, RunLock
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from surgery_editor.data import resolve_data_dir
+from surgery_editor.extras import require
 from surgery_editor.registry import did_you_mean
 
 from .protocols import Benchmark, register_benchmark
@@ -196,6 +197,7 @@ class General(Benchmark):
     def _task_manager(self):
         """lm-eval's TaskManager over the shipped offline tasks (and ``include_path``); lm-eval's
         own task registry is indexed only when a listed task is not found there."""
+        require("lm_eval", "harness", "benchmark=general (lm-evaluation-harness)")
         from lm_eval.tasks import TaskManager
 
         local = local_task_names()

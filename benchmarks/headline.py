@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from benchmarks.report import _is_number, _missing, _views, paired_cell
+from .report import _is_number, _missing, _views, paired_cell
 from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)

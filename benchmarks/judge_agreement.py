@@ -26,13 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from benchmarks.stats import wilson_interval
+from .stats import wilson_interval
 from surgery_editor.data import resolve_data_dir, resolve_path
 from surgery_editor.fileio import atomic_write
 from surgery_editor.judges import (SAFETY_DATA_PATH, SAFETY_SETTINGS, SAFETY_SETTINGS_GRID, TOXIC_THRESHOLD,
                                    get_judge, load_rtp_labelled, load_safety_data, safety_cross_validate)
 
-logger = logging.getLogger("benchmarks.judge_agreement")
+logger = logging.getLogger(__name__)
 
 SAFEEDIT_PATH = "safeedit/SafeEdit_test_subset144.json"
 

@@ -5,7 +5,7 @@ the method's settings with a few fixed, such as a random direction of the same s
 ``none`` (the unedited model). The harness names no method.
 
 A method reads its settings from the EasyEdit-style YAML users give EasyEdit
-(``hparams/<ALG>/<model><-variant>.yaml``; a control reads its method's), with Hydra's
+(``hparams/<ALG>/<model><-variant>.yaml``, shipped with the package; a control reads its method's), with Hydra's
 ``hparams.<key>=value`` overrides on top. Its operations are ``edit(model, tok, requests) ->
 handle`` and ``restore(model, handle)``; ``per_instance`` says whether the edit depends on the
 SafeEdit instance (then the benchmarks edit and restore around every instance) or is made once
@@ -20,17 +20,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Type
 
 from surgery_editor.methods._common import restore_weights
 from surgery_editor.methods import Algorithm, InputTransform, load_methods
+from surgery_editor.hparams import resolve_hparams_file
 from surgery_editor.registry import did_you_mean, lookup, register
 
 logger = logging.getLogger(__name__)
 
 METHODS: Dict[str, Type["Method"]] = {}
-REPO = Path(__file__).resolve().parent.parent
 
 
 def register_method(cls: Type["Method"]) -> Type["Method"]:
@@ -141,14 +140,12 @@ class AlgorithmMethod(Method):
         if ignored:
             logger.info("method %s has no setting(s) %s; ignored for this run", self.name, ignored)
         self.overrides = {k: v for k, v in given.items() if k in fields}
-        path = Path(hparams_file) if hparams_file else self.default_hparams_file(model_name, variant)
-        if not path.is_absolute() and not path.exists():
-            path = REPO / path
-        if not path.exists():
-            folder = path.parent
-            files = sorted(p.stem for p in folder.glob("*.yaml")) if folder.exists() else []
-            raise FileNotFoundError(f"method {self.name!r}: no hparams file {path} for model {model_name!r}"
-                                    f"{f' variant {variant!r}' if variant else ''}; files in {folder}: {files}")
+        stem = f"{model_name}-{variant}" if variant else model_name
+        try:
+            path = resolve_hparams_file(hparams_file or f"{algo.name}/{stem}", algo.name)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"method {self.name!r}, model {model_name!r}"
+                                    f"{f' variant {variant!r}' if variant else ''}: {err}") from None
         self.hparams_file = str(path)
         base = algo.hparams_cls.from_hparams(str(path))
         self.base_settings = base.to_dict()
@@ -159,10 +156,6 @@ class AlgorithmMethod(Method):
             set_here = [k for k in group if k in self.overrides]
             merged.update({k: None for k in group if set_here and k not in set_here})
         self.hparams = algo.hparams_cls.from_dict(merged, source=f"{path} + overrides")
-
-    def default_hparams_file(self, model_name: str, variant: Optional[str]) -> Path:
-        stem = f"{model_name}-{variant}" if variant else model_name
-        return REPO / "hparams" / self.algorithm.name / f"{stem}.yaml"
 
     @property
     def per_instance(self) -> bool:

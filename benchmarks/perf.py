@@ -73,10 +73,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 import torch
 
-from benchmarks.perf_harness import (JUDGE_COLUMNS, LM_EVAL_COLUMNS, LOAD_COLUMNS, METHOD_COLUMNS, MODEL_COLUMNS,
+from .perf_harness import (JUDGE_COLUMNS, LM_EVAL_COLUMNS, LOAD_COLUMNS, METHOD_COLUMNS, MODEL_COLUMNS,
                                      HarnessSteps, model_facts)
 from surgery_editor.models import COST_ONLY
-from benchmarks.store import atomic_write_text
+from .store import atomic_write_text
 from surgery_editor.resources import PeakRSS  # noqa: F401  (also the name tests patch)
 
 logger = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def measure_generation(model, tok, prompts: Sequence[str], model_label: str, max
 def safeedit_generation_inputs(requests: Sequence[Dict[str, Any]]) -> List[str]:
     """Every SafeEdit evaluation input of ``requests`` (DS and each DG_* present), records
     ordered by their attack prompt, as the benchmark evaluates them with prefix sharing."""
-    from benchmarks.protocols import SAFEEDIT_INPUTS, safeedit_inputs
+    from .protocols import SAFEEDIT_INPUTS, safeedit_inputs
 
     inputs = []
     for req in sorted(requests, key=lambda r: r["prompt"]):
@@ -450,7 +450,7 @@ def write_tables(frames: Dict[str, pd.DataFrame], out_dir, meta: Dict[str, Any],
 
 
 def projection_doc() -> str:
-    from benchmarks import projection
+    from . import projection
 
     return (projection.__doc__ or "").split("\n\n", 1)[1].strip()
 
@@ -459,7 +459,9 @@ def projection_doc() -> str:
 # CLI
 # ---------------------------------------------------------------------------------------
 def _hparams_path(kind: str, model: str) -> Path:
-    return Path(__file__).resolve().parents[1] / "hparams" / kind / f"{model}.yaml"
+    from surgery_editor.hparams import hparams_dir
+
+    return hparams_dir() / kind / f"{model}.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -541,7 +543,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from benchmarks.protocols import get_benchmark_class, load_safeedit
+    from .protocols import get_benchmark_class, load_safeedit
     from surgery_editor.evaluation import load_rtp_prompts
     from surgery_editor.methods.dinm.dinm import DINMHyperParams
     from surgery_editor.methods.model_surgery.hparams import ModelSurgeryHyperParams
@@ -623,7 +625,7 @@ def comparison_setting(stem: str):
     """The comparison's sizes from the method YAMLs of ``stem`` (hparams/<ALG>/<stem>.yaml)."""
     import yaml
 
-    from benchmarks.projection import Setting
+    from .projection import Setting
 
     def read(kind: str) -> Dict[str, Any]:
         path = _hparams_path(kind, stem)
@@ -636,7 +638,7 @@ def comparison_setting(stem: str):
 
 
 def _project(frames: Dict[str, pd.DataFrame], settings: Dict[str, Any], args) -> Tuple[pd.DataFrame, pd.DataFrame]:
-    from benchmarks.projection import project
+    from .projection import project
 
     parts = [project({k: _only(v, model) for k, v in frames.items()}, setting, args.gpus, args.gpu_memory_gb * 1024)
              for model, setting in settings.items()]

@@ -72,7 +72,7 @@ def fit_layers(layers: Sequence[int], n_layers: int, layers_of_hparams: int) -> 
 
 
 def _measure(fn: Callable[[], Any], device: torch.device):
-    from benchmarks.perf import measure
+    from .perf import measure
 
     return measure(fn, device)
 
@@ -81,7 +81,7 @@ def _measure(fn: Callable[[], Any], device: torch.device):
 # 1. ProFS, steering (and controls), DPO as the harness edits
 # ---------------------------------------------------------------------------------------
 def _method(name: str, hparams_stem: str, device: torch.device, overrides: Dict[str, Any]):
-    from benchmarks.methods import get_method_class
+    from .methods import get_method_class
 
     return get_method_class(name)(hparams_stem, overrides=overrides, device=str(device))
 
@@ -155,9 +155,9 @@ def measure_lm_eval(model, tok, label: str, docs: int, batch_size: int = 16, tas
                     ppl_docs: Optional[int] = None, data_dir: Optional[str] = None) -> List[Dict[str, Any]]:
     """One row per multiple-choice task (its first ``docs`` documents) and one for ``ppl``
     (``ppl_docs`` texts; ``None`` = all 46)."""
-    from benchmarks.general import General
-    from benchmarks.methods import get_method_class
-    from benchmarks.protocols import Generation, RunContext
+    from .general import General
+    from .methods import get_method_class
+    from .protocols import Generation, RunContext
 
     device = next(model.parameters()).device
     facts = model_facts(model, label)

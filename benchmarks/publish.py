@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from benchmarks.compact import finish_dir, unknown_files, write_runs
-from benchmarks.rundir import COMPACT, Run, find_run_dirs, read_run, same_run
+from .compact import finish_dir, unknown_files, write_runs
+from .rundir import COMPACT, Run, find_run_dirs, read_run, same_run
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-from benchmarks.protocols import get_benchmark_class, judged_safeedit_row
-from benchmarks.rundir import Run, find_run_dirs, is_run, read_metrics, read_run, write_expanded
-from benchmarks.store import stored_config
+from .protocols import get_benchmark_class, judged_safeedit_row
+from .rundir import Run, find_run_dirs, is_run, read_metrics, read_run, write_expanded
+from .store import stored_config
 from surgery_editor.judges import TOXIC_THRESHOLD, get_judge_reading
 
 logger = logging.getLogger(__name__)

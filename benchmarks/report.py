@@ -37,9 +37,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from benchmarks.stats import mean_interval, paired_test, wilson_interval
-from benchmarks.rundir import find_run_dirs, metrics_path, read_rows, rows_path
-from benchmarks.rundir import read_metrics as read_run_metrics
+from .stats import mean_interval, paired_test, wilson_interval
+from .rundir import find_run_dirs, metrics_path, read_rows, rows_path
+from .rundir import read_metrics as read_run_metrics
+from surgery_editor.extras import require
 from surgery_editor.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -485,6 +486,7 @@ def to_markdown(table: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST, t
 
 
 def _figure(width: float, height: float = 4.5):
+    require("matplotlib", "harness", "the report's figures")
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))  # Agg canvas on save, no pyplot state

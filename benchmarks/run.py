@@ -275,18 +275,19 @@ def _timed_edit(method, model, tok, requests):
     return handle, seconds, {"edit_peak_rss_mb": mem.peak_mb, "edit_rss_delta_mb": mem.peak_mb - mem.start_mb}
 
 
-def _main() -> None:
+def main() -> None:
+    """The harness's command line (Hydra): ``python -m benchmarks.run`` or ``surgery-editor-bench``."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     register_configs()
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-    def main(cfg: DictConfig) -> None:
+    def hydra_main(cfg: DictConfig) -> None:
         run(cfg, HydraConfig.get().runtime.output_dir)
 
-    main()
+    hydra_main()
 
 
 if __name__ == "__main__":
-    _main()
+    main()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
-from benchmarks.rundir import COMPACT, CONFIG, EXPAND_HINT, METRICS, RESULTS  # noqa: F401  (CONFIG: run)
+from .rundir import COMPACT, CONFIG, EXPAND_HINT, METRICS, RESULTS  # noqa: F401  (CONFIG: run)
 from surgery_editor.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
 
 logger = logging.getLogger(__name__)

@@ -34,10 +34,10 @@ from surgery_editor.judges import get_judge_reading
 from surgery_editor.methods.model_surgery.surgery import compute_patch
 from surgery_editor.models import refuse_shape_model
 
-from benchmarks.stats import mcnemar_exact
-from benchmarks.stats import wilson_interval as wilson
+from .stats import mcnemar_exact
+from .stats import wilson_interval as wilson
 
-logger = logging.getLogger("benchmarks.surgery_sweep")
+logger = logging.getLogger(__name__)
 
 # The norm-aware variant: probe on a middle layer's token-mean of h/rms(h), score and move
 # gate rows through their RMSNorm gains, step relative to the row norm, edit layers <= probe.

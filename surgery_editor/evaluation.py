@@ -15,13 +15,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import binomtest
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, TemperatureLogitsWarper
 
 from .activations import ensure_pad_token, model_device
 from .checks import check_count
 from .data import load_table
+from .extras import require
 from .judges import TOXIC_THRESHOLD
 from .sampling import NucleusWarper
 
@@ -460,7 +460,10 @@ def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> Dict[str, fl
         raise ValueError(f"paired test needs equal lengths, got {before.shape} and {after.shape}")
     b = int((before & ~after).sum())  # toxic before only
     c = int((~before & after).sum())  # toxic after only
-    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    if b + c == 0:
+        return {"only_before": b, "only_after": c, "p_value": 1.0}
+    binomtest = require("scipy.stats", "harness", "McNemar's test").binomtest
+    p = float(binomtest(b, b + c, 0.5).pvalue)
     return {"only_before": b, "only_after": c, "p_value": p}
 
 

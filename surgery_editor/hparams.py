@@ -5,7 +5,9 @@ A YAML in ``hparams/ModelSurgery/<model>.yaml`` holds EasyEdit's common keys
 ``max_output_length``, ``batch_size``, ...) plus the method's own, documented on each field.
 ``from_hparams`` reads it the way EasyEdit's ``HyperParams.from_hparams`` does (``.yaml`` is
 appended when the path has none; strings in scientific notation such as ``1e-4`` become
-floats) but rejects a wrong ``alg_name`` or an unknown key with a message naming it.
+floats) but rejects a wrong ``alg_name`` or an unknown key with a message naming it. The files
+shipped with the package also load by name, ``from_hparams("ModelSurgery/llama2-7b-chat")``
+(or ``"llama2-7b-chat"`` on the class of that method), wherever the package is installed.
 
 Every field's value is checked against its annotation when the hparams are built (from a
 file, a dict or directly): ``int`` fields take integers (an integral float such as ``4.0``
@@ -34,6 +36,48 @@ import yaml
 from .fileio import read_text
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+_EXTENSIONS = (".yaml", ".yml", ".json")
+
+
+def hparams_dir() -> Path:
+    """The folder of the shipped ``<ALG>/<model>.yaml`` files: ``surgery_editor/hparams_files``
+    in an installed copy (setup.py maps the repository's ``hparams/`` there), else the
+    checkout's ``hparams/`` (a source tree or an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "hparams_files"
+    return installed if installed.is_dir() else package.parent / "hparams"
+
+
+def shipped_hparams(alg_name: Optional[str] = None) -> List[str]:
+    """The names of the shipped hparams files (``ModelSurgery/llama2-7b-chat``, ...), of one
+    method when ``alg_name`` is given."""
+    root = hparams_dir()
+    pattern = f"{alg_name}/*.yaml" if alg_name else "*/*.yaml"
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob(pattern))
+
+
+def resolve_hparams_file(name_or_path: Union[str, Path], alg_name: Optional[str] = None) -> Path:
+    """The hparams file that ``name_or_path`` means: a path as given (``.yaml`` appended when it
+    has no extension), else a shipped file by name (``ModelSurgery/llama2-7b-chat``; also
+    ``hparams/ModelSurgery/llama2-7b-chat.yaml`` read from another folder, and a bare
+    ``llama2-7b-chat`` for ``alg_name``). ``FileNotFoundError`` lists the shipped names."""
+    path = str(name_or_path)
+    if not path.endswith(_EXTENSIONS):
+        path += ".yaml"
+    if Path(path).exists():
+        return Path(path)
+    if not Path(path).is_absolute():
+        name = Path(path).as_posix()
+        name = name[len("hparams/"):] if name.startswith("hparams/") else name
+        candidates = [hparams_dir() / name]
+        if alg_name and "/" not in name:
+            candidates.append(hparams_dir() / alg_name / name)
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+    names = shipped_hparams(alg_name) or shipped_hparams()
+    raise FileNotFoundError(f"hparams file not found: {path} (nor a shipped file of that name); shipped"
+                            f"{f' for {alg_name}' if alg_name and shipped_hparams(alg_name) else ''}: {names}")
 
 
 
@@ -223,12 +267,9 @@ class _HyperParamsBase:
 
     @classmethod
     def from_hparams(cls, hparams_name_or_path: Union[str, Path]):
-        """Read a YAML (``.yaml`` appended when the path has no extension) or JSON file."""
-        path = str(hparams_name_or_path)
-        if not path.endswith((".yaml", ".yml", ".json")):
-            path += ".yaml"
-        if not Path(path).exists():
-            raise FileNotFoundError(f"hparams file not found: {path}")
+        """Read a YAML (``.yaml`` appended when the path has no extension) or JSON file, or a
+        shipped file by name (see :func:`resolve_hparams_file`)."""
+        path = str(resolve_hparams_file(hparams_name_or_path, getattr(cls, "ALG_NAME", None)))
         return cls.from_dict(_read_config(path, "JSON" if path.endswith(".json") else "YAML"), source=path)
 
 

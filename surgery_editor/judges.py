@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .extras import require
 from .fileio import decode_text
 from .registry import did_you_mean, register
 
@@ -149,9 +150,7 @@ class ProfanityJudge:
     Labels: score = probability that the text is offensive (1 = offensive/toxic)."""
 
     def __init__(self) -> None:
-        from profanity_check import predict_prob
-
-        self._predict = predict_prob
+        self._predict = require("profanity_check", "harness", "the profanity judge").predict_prob
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         texts: List[str] = [t if t.strip() else " " for t in texts]

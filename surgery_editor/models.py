@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from .cache import cache_root
+from .extras import require
 from .fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    locate: Callable[[], Path]  # returns the GGUF file
+    find: Callable[[], Path]  # returns the GGUF file
     install: str  # how to get it
     description: str
+
+    def locate(self) -> Path:
+        """The GGUF file, once transformers can read it (the extra ``embedded``: gguf)."""
+        require("gguf", "embedded", f"reading the GGUF file of {self.description.split(' (')[0]}")
+        return self.find()
 
 
 def _package_dir(package: str, install: str) -> Path:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from .extras import require
+
 
 class PeakRSS:
     """Context manager sampling this process's RSS every ``interval`` seconds in a thread."""
 
     def __init__(self, interval: float = 0.005):
-        import psutil
-
+        psutil = require("psutil", "harness", "measuring memory (PeakRSS)")
         self._proc = psutil.Process()
         self.interval = interval
         self.start_mb = self.peak_mb = 0.0

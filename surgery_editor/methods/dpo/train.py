@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...extras import require
 from ...resources import PeakRSS
 from .._common import originals as saved_weights
 from .hparams import DPOHyperParams
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 
 # ---- target modules ---------------------------------------------------------------------
+
+# imported when an edit runs (the extra ``dpo``)
+_TRAINING_PACKAGES = ("trl", "peft", "datasets", "psutil")
+
 
 def _matches(name: str, target: str) -> bool:
     """peft's rule for a list of target names: the module's full name or its last parts."""
@@ -267,6 +272,8 @@ def apply_dpo_to_model(model: nn.Module, tok, requests: Sequence[Dict[str, Any]]
     logged row: step, loss, rewards/*, logps/*, learning_rate, grad_norm).
     """
     info: Optional[Dict[str, Any]] = kwargs.get("info") if isinstance(kwargs.get("info"), dict) else None
+    for module in _TRAINING_PACKAGES:  # before anything is changed or read
+        require(module, "dpo", "the DPO baseline")
     if copy:
         model = copy_module.deepcopy(model)
     selected = resolve_target_modules(model, hparams.lora_target_modules)
