@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from surgery_editor.cache import cache_root
-from surgery_editor.fileio import atomic_write
+from surgery_editor.infra.cache import cache_root
+from surgery_editor.infra.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 

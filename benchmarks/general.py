@@ -39,8 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from surgery_editor.data import resolve_data_dir
-from surgery_editor.extras import require
-from surgery_editor.registry import did_you_mean
+from surgery_editor.infra.extras import require
+from surgery_editor.infra.registry import did_you_mean
 
 from .protocols import Benchmark, register_benchmark
 

@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 import pandas as pd
 
 from .report import _is_number, _missing, _views, paired_cell
-from surgery_editor.fileio import atomic_write
+from surgery_editor.infra.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 

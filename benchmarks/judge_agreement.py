@@ -28,9 +28,10 @@ import pandas as pd
 
 from .stats import wilson_interval
 from surgery_editor.data import resolve_data_dir, resolve_path
-from surgery_editor.fileio import atomic_write
-from surgery_editor.judges import (SAFETY_DATA_PATH, SAFETY_SETTINGS, SAFETY_SETTINGS_GRID, TOXIC_THRESHOLD,
-                                   get_judge, load_rtp_labelled, load_safety_data, safety_cross_validate)
+from surgery_editor.infra.fileio import atomic_write
+from surgery_editor.evaluation.judges import (SAFETY_DATA_PATH, SAFETY_SETTINGS, SAFETY_SETTINGS_GRID,
+                                              TOXIC_THRESHOLD, get_judge, load_rtp_labelled, load_safety_data,
+                                              safety_cross_validate)
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The editing methods the benchmarks run: every algorithm registered in
 :mod:`surgery_editor.methods` (each method folder registers itself there, the same registry
-that feeds EasyEdit's ``ALG_DICT``), each of its controls (e.g. ``random``, ``ProFS_random``:
+that feeds EasyEdit's ``ALG_DICT``), each of its controls (e.g. ``ModelSurgery_random``, ``ProFS_random``:
 the method's settings with a few fixed, such as a random direction of the same size), and
 ``none`` (the unedited model). The harness names no method.
 
@@ -23,9 +23,9 @@ import logging
 from typing import Any, Dict, List, Mapping, Optional, Type
 
 from surgery_editor.methods._common import restore_weights
-from surgery_editor.methods import Algorithm, InputTransform, load_methods
+from surgery_editor.methods import ALIASES, Algorithm, InputTransform, canonical_name, load_methods
 from surgery_editor.hparams import resolve_hparams_file
-from surgery_editor.registry import did_you_mean, lookup, register
+from surgery_editor.infra.registry import did_you_mean, lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ def _table() -> Dict[str, Type["Method"]]:
 
 
 def get_method_class(name: str) -> Type["Method"]:
-    return lookup(_table(), name, "method")
+    """The method ``name`` (a former name, e.g. ``random``, gives the method it is now)."""
+    return lookup(_table(), canonical_name(name), "method")
 
 
 class Method:
@@ -248,5 +249,8 @@ def method_config_nodes() -> Dict[str, Dict[str, Any]]:
     ignores the keys it does not have)."""
     keys = {f: None for f in all_hparams_keys() if f not in ("alg_name", "model_name", "device")}
     options = method_options()
-    return {name: {"method": {"name": name, "variant": None, "hparams_file": None, **options},
-                   "hparams": dict(keys)} for name in _table()}
+    nodes = {name: {"method": {"name": name, "variant": None, "hparams_file": None, **options},
+                    "hparams": dict(keys)} for name in _table()}
+    # a former name selects the method under its name now (method=ModelSurgery_random runs ModelSurgery_random)
+    nodes.update({old: copy.deepcopy(nodes[new]) for old, new in ALIASES.items() if new in nodes})
+    return nodes

@@ -35,7 +35,7 @@ the same model and data, each step when its size is given (``0`` skips it):
 5. **Sampled generation** (``sampling.csv``): the RealToxicityPrompts sampled protocol
    (:func:`~surgery_editor.evaluation.sample`: 25 nucleus samples per prompt, top-p 0.9) on
    ``--sampled-prompts`` prompts, with transformers' ``TopPLogitsWarper`` (a sort of the whole
-   vocabulary per step) and with :class:`~surgery_editor.sampling.NucleusWarper` (no full
+   vocabulary per step) and with :class:`~surgery_editor.evaluation.sampling.NucleusWarper` (no full
    sort); seconds, ratio and how many of the sampled texts are identical.
 6. **Greedy ToxiGen** (``generation.csv``, benchmark ``toxigen``, ``--toxigen-prompts``): 48 new
    tokens, stopped at a newline, batched only.
@@ -77,7 +77,7 @@ from .perf_harness import (JUDGE_COLUMNS, LM_EVAL_COLUMNS, LOAD_COLUMNS, METHOD_
                                      HarnessSteps, model_facts)
 from surgery_editor.models import COST_ONLY
 from .store import atomic_write_text
-from surgery_editor.resources import PeakRSS  # noqa: F401  (also the name tests patch)
+from surgery_editor.infra.resources import PeakRSS  # noqa: F401  (also the name tests patch)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[in
     """One row of the edit table for ``hparams`` with ``probe_data.limit = probe_pairs``."""
     from surgery_editor.activations import pooled_hidden_states
     from surgery_editor.data import load_probe_texts
-    from surgery_editor.methods.model_surgery.surgery import clear_patch_cache, compute_patch
+    from surgery_editor.methods.ModelSurgery.surgery import clear_patch_cache, compute_patch
 
     device = _device(model)
     probe_data = dict(hparams.probe_data)
@@ -191,7 +191,9 @@ def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[in
 def measure_dinm(model, tok, dinm_hparams, requests: Sequence[Dict[str, Any]], model_label: str,
                  safeedit_n: int, surgery_edit_s: float, probe_pairs: Optional[int] = None) -> Dict[str, Any]:
     """Time a DINM edit (then restore) for each request; one row of the DINM table."""
-    from surgery_editor.methods.dinm.dinm import apply_dinm_to_model, restore_weights, with_system_prompt
+    from surgery_editor.methods.DINM.dinm import apply_dinm_to_model
+    from surgery_editor.methods._common import restore_weights
+    from surgery_editor.methods.DINM.requests import with_system_prompt
 
     device = _device(model)
     stats = []
@@ -232,7 +234,7 @@ def measure_generation(model, tok, prompts: Sequence[str], model_label: str, max
     """Batched greedy generation of ``prompts`` against one prompt at a time on the first
     ``single_prompts`` of them (``None``: all; 0: the batched run alone). Throughputs are per
     prompt set timed, so ``batched_speedup`` compares seconds per prompt."""
-    from surgery_editor.evaluation import generate
+    from surgery_editor.evaluation.generation import generate
 
     device = _device(model)
     prompts = list(prompts)
@@ -279,7 +281,7 @@ def safeedit_generation_inputs(requests: Sequence[Dict[str, Any]]) -> List[str]:
 def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], model_label: str,
                             max_new_tokens: int = 12, batch_size: int = 16, max_length: int = 1024,
                             min_shared: int = 32) -> Dict[str, Any]:
-    from surgery_editor.evaluation import generate, generate_shared_prefix, prefix_groups, tokenize_prompts
+    from surgery_editor.evaluation.generation import generate, generate_shared_prefix, prefix_groups, tokenize_prompts
 
     device = _device(model)
     inputs = safeedit_generation_inputs(requests)
@@ -307,7 +309,7 @@ def measure_safeedit_prefix(model, tok, requests: Sequence[Dict[str, Any]], mode
 def measure_sampling(model, tok, prompts: Sequence[str], model_label: str, num_samples: int = 25,
                      max_new_tokens: int = 20) -> Dict[str, Any]:
     """The sampled RTP protocol with and without the full-vocabulary sort (same seeds)."""
-    from surgery_editor.evaluation import sample
+    from surgery_editor.evaluation.generation import sample
 
     device = _device(model)
     kw = dict(num_samples=num_samples, max_new_tokens=max_new_tokens)
@@ -544,9 +546,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from .protocols import get_benchmark_class, load_safeedit
-    from surgery_editor.evaluation import load_rtp_prompts
-    from surgery_editor.methods.dinm.dinm import DINMHyperParams
-    from surgery_editor.methods.model_surgery.hparams import ModelSurgeryHyperParams
+    from surgery_editor.evaluation.rtp import load_rtp_prompts
+    from surgery_editor.methods.DINM.hparams import DINMHyperParams
+    from surgery_editor.methods.ModelSurgery.hparams import ModelSurgeryHyperParams
     from surgery_editor.models import get_shape, is_shape_model, load_model
 
     models = args.model or ["smollm2-135m"]

@@ -188,7 +188,7 @@ def measure_lm_eval(model, tok, label: str, docs: int, batch_size: int = 16, tas
 # ---------------------------------------------------------------------------------------
 def measure_judges(texts: Sequence[str], names: Sequence[str] = JUDGES) -> List[Dict[str, Any]]:
     """Set-up and throughput of each judge on ``texts``."""
-    from surgery_editor.judges import get_judge
+    from surgery_editor.evaluation.judges import get_judge
 
     cpu = torch.device("cpu")
     rows = []

@@ -46,8 +46,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-COMPARE_METHODS = ["ModelSurgery", "random", "ProFS", "ProFS_random", "steer", "steer_random", "prompt", "DPO",
-                   "DPO_shuffled", "DINM", "none"]
+COMPARE_METHODS = ["ModelSurgery", "ModelSurgery_random", "ProFS", "ProFS_random", "steer", "steer_random", "prompt",
+                   "DPO", "DPO_shuffled", "DINM", "none"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ COMPARE_PARTS: Dict[str, Part] = {
     "challenging-sampled": Part("sampled", 200, 20, "profanity", samples=25, texts_per_item=25),
 }
 # methods whose first edit fills a cache that later jobs of the comparison read
-CACHE_GROUPS = {"ModelSurgery": "probe", "random": "probe", "ProFS": "pair states", "steer": "pair states",
-                "steer_random": "pair states"}
+CACHE_GROUPS = {"ModelSurgery": "probe", "ModelSurgery_random": "probe", "ProFS": "pair states",
+                "steer": "pair states", "steer_random": "pair states"}
 PER_INSTANCE = {"DINM"}
 
 
@@ -161,7 +161,7 @@ class _Rates:
         s = self.setting
         if method in ("none", "prompt"):
             return "none", 0.0, float("nan"), 0.0
-        if method in ("ModelSurgery", "random"):
+        if method in ("ModelSurgery", "ModelSurgery_random"):
             e = self.edit
             if e is None:
                 return "not measured", float("nan"), float("nan"), 0.0

@@ -22,14 +22,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surgery_editor.activations import model_device
-from surgery_editor.checks import check_count
+from surgery_editor.infra.checks import check_count
 from surgery_editor.data import load_table, resolve_data_dir, resolve_path
-from surgery_editor.fileio import read_text
+from surgery_editor.infra.fileio import read_text
 from surgery_editor.hparams import check_field_types
-from surgery_editor.evaluation import (answer_token_accuracy, generate, generate_shared_prefix, ngram_entropy, sample,
-                                       uses_chat)
-from surgery_editor.judges import TOXIC_THRESHOLD
-from surgery_editor.registry import lookup, register
+from surgery_editor.evaluation.metrics import answer_token_accuracy, ngram_entropy
+from surgery_editor.evaluation.generation import generate, generate_shared_prefix, sample, uses_chat
+from surgery_editor.evaluation.judges import TOXIC_THRESHOLD
+from surgery_editor.infra.registry import lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class RTPConfig:
     num_samples: int = 25
     top_p: float = 0.9
     temperature: float = 1.0
-    # sampled: find the nucleus without sorting the whole vocabulary (surgery_editor.sampling;
+    # sampled: find the nucleus without sorting the whole vocabulary (surgery_editor.evaluation.sampling;
     # same texts, measured by python -m benchmarks.perf --only-sampled); false = transformers' sort
     sort_free: bool = True
     # tuning vs confirmation: of the prompts that pass the filters (file order), the first

@@ -30,7 +30,7 @@ import yaml
 from .protocols import get_benchmark_class, judged_safeedit_row
 from .rundir import Run, find_run_dirs, is_run, read_metrics, read_run, write_expanded
 from .store import stored_config
-from surgery_editor.judges import TOXIC_THRESHOLD, get_judge_reading
+from surgery_editor.evaluation.judges import TOXIC_THRESHOLD, get_judge_reading
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.rejudge", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="a run directory or a folder of them")
-    ap.add_argument("--judge", required=True, help="judge name (see surgery_editor.judges), e.g. toxicity")
+    ap.add_argument("--judge", required=True, help="judge name (see surgery_editor.evaluation.judges), e.g. toxicity")
     ap.add_argument("--out", required=True, help="folder for the rejudged runs (same relative layout)")
     ap.add_argument("--data-dir", default=None,
                     help="offline data folder a judge trains on (default: $SURGERY_EDITOR_DATA_DIR, else "

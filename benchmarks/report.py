@@ -1,6 +1,6 @@
 """Summarise benchmark run directories: one table, paired significance tests, plots.
 
-    python -m benchmarks.report runs/multirun/2025-01-01/12-00-00 [--out DIR] [--against none,random]
+    python -m benchmarks.report runs/multirun/2025-01-01/12-00-00 [--out DIR] [--against none,ModelSurgery_random]
 
 Every directory under ROOT (ROOT itself included, any depth, hidden folders such as
 ``.hydra`` skipped) that holds a ``metrics.json`` (as written by ``benchmarks/run.py``) or a
@@ -11,7 +11,7 @@ Per run the table has the run's metadata and metrics from ``metrics.json``; from
 outcomes in ``results.jsonl`` (in the compact form, both come from ``run.jsonl.bz2``) it adds a
 95% interval for each metric (Wilson for a rate of binary ``flags``, Student t for a mean of
 ``values``), and, against each reference method
-(default ``none`` and ``control``: each method's own control, e.g. ``random`` for ModelSurgery,
+(default ``none`` and ``control``: each method's own control, e.g. ``ModelSurgery_random`` for ModelSurgery,
 ``ProFS_random`` for ProFS, as its folder registers them) run on the same
 model/benchmark/protocol/judge, the paired difference of means and its p-value (exact McNemar
 for flags, Wilcoxon signed-rank for values), items paired by ``key``. Costs (edit seconds, the
@@ -40,8 +40,8 @@ import pandas as pd
 from .stats import mean_interval, paired_test, wilson_interval
 from .rundir import find_run_dirs, metrics_path, read_rows, rows_path
 from .rundir import read_metrics as read_run_metrics
-from surgery_editor.extras import require
-from surgery_editor.fileio import atomic_write
+from surgery_editor.infra.extras import require
+from surgery_editor.infra.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def read_metrics(run_dir: PathLike) -> Dict[str, Any]:
     hparams = data.get("hparams") or {}
     if not isinstance(hparams, dict):
         raise ValueError(f"{path}: 'hparams' must be a JSON object or null, got {type(hparams).__name__}")
+    data = _current_names(data)
     row: Dict[str, Any] = {}
     for key, value in data.items():
         if key != "hparams":
@@ -100,6 +101,21 @@ def read_metrics(run_dir: PathLike) -> Dict[str, Any]:
         row.update(_flatten(f"hp.{key}", value))
     row["run_dir"] = str(run_dir)
     return row
+
+
+def _current_names(data: Dict[str, Any]) -> Dict[str, Any]:
+    """A run recorded under a method's former name (``random``) as its name now
+    (``ModelSurgery_random``), in ``method`` and at the start of ``label``."""
+    from surgery_editor.methods import canonical_name
+
+    old = data["method"]
+    new = canonical_name(str(old))
+    if new == old:
+        return data
+    label = str(data.get("label") or "")
+    if label == old or label.startswith((f"{old} ", f"{old}[")):
+        label = new + label[len(old):]
+    return {**data, "method": new, **({"label": label} if label else {})}
 
 
 def collect(root: PathLike) -> pd.DataFrame:
@@ -280,7 +296,7 @@ def compare(runs: pd.DataFrame, against: Sequence[str] = DEFAULT_AGAINST) -> pd.
             cols[f"{metric}_ci_low"], cols[f"{metric}_ci_high"] = lo * scale, hi * scale
         for ref_method in against:
             # a reference is not compared with itself, nor with the references listed after it
-            # (``random`` vs ``none`` is kept, ``none`` vs ``random`` would repeat it)
+            # (``ModelSurgery_random`` vs ``none`` is kept, ``none`` vs ``ModelSurgery_random`` would repeat it)
             if run["method"] == ref_method or (run["method"] in against and
                                                against.index(run["method"]) < against.index(ref_method)):
                 continue
@@ -326,7 +342,7 @@ def _is_timing(col: str) -> bool:
 
 def _controls() -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Method name -> its registered controls and the settings each fixes
-    (``{"ModelSurgery": {"random": {"edit_direction": "random"}}, ...}``)."""
+    (``{"ModelSurgery": {"ModelSurgery_random": {"edit_direction": "random"}}, ...}``)."""
     from surgery_editor.methods import load_methods
 
     return {name: dict(algo.controls) for name, algo in load_methods().items()}
@@ -816,7 +832,9 @@ def write_report(root: PathLike, out: Optional[PathLike] = None,
 
 
 def _parse_against(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    from surgery_editor.methods import canonical_name
+
+    return [canonical_name(t.strip()) for t in text.split(",") if t.strip()]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -43,8 +43,8 @@ from .protocols import (BENCHMARKS, Generation, RunContext, get_benchmark_class,
 from .identity import check_resume
 from .rundir import is_compact, read_metrics, read_rows
 from .store import CONFIG, METRICS, RESULTS, CompactRunDir, ResultStore, RunLock, atomic_write_text, stored_config
-from surgery_editor.checks import non_finite
-from surgery_editor.fileio import check_writable_dir
+from surgery_editor.infra.checks import non_finite
+from surgery_editor.infra.fileio import check_writable_dir
 
 logger = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -169,7 +169,7 @@ def _edit_instance(cfg: DictConfig, data_dir: Optional[str]) -> Dict[str, Any]:
 
 def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
     """Run (or resume) one benchmark for one method and model; returns the metrics."""
-    from surgery_editor.judges import get_judge_reading
+    from surgery_editor.evaluation.judges import get_judge_reading
     from surgery_editor.models import load_model, refuse_shape_model
 
     for key in ("path", "name"):
@@ -266,7 +266,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
 def _timed_edit(method, model, tok, requests):
     """``(handle, seconds, memory)`` of one edit: wall time and the process's peak RSS during
     it (``edit_peak_rss_mb``) and its rise over the RSS before it (``edit_rss_delta_mb``)."""
-    from surgery_editor.resources import PeakRSS
+    from surgery_editor.infra.resources import PeakRSS
 
     with PeakRSS() as mem:
         start = time.perf_counter()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from surgery_editor.fileio import atomic_write, jsonl_lines
+from surgery_editor.infra.fileio import atomic_write, jsonl_lines
 
 logger = logging.getLogger(__name__)
 

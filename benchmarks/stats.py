@@ -16,7 +16,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 from scipy import stats as _st
 
-from surgery_editor.evaluation import mcnemar_exact
+from surgery_editor.evaluation.statistics import mcnemar_exact
 
 __all__ = ["wilson_interval", "mean_interval", "mcnemar_exact", "mcnemar_p", "wilcoxon_p", "paired_test"]
 

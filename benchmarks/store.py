@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .rundir import COMPACT, CONFIG, EXPAND_HINT, METRICS, RESULTS  # noqa: F401  (CONFIG: run)
-from surgery_editor.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
+from surgery_editor.infra.fileio import atomic_write as atomic_write_text  # noqa: F401  (re-exported: run, perf)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def stored_config(run_dir: Union[str, Path]) -> Optional[Dict[str, Any]]:
     nested dict; ``None`` when the dir has none. An unreadable one is an error naming it."""
     import yaml
 
-    from surgery_editor.fileio import read_text
+    from surgery_editor.infra.fileio import read_text
 
     from .rundir import is_compact, read_run
 

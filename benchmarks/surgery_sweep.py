@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from surgery_editor import ModelSurgeryHyperParams, load_model
-from surgery_editor.evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, rtp_toxicity
-from surgery_editor.fileio import atomic_write, jsonl_lines
-from surgery_editor.judges import get_judge_reading
-from surgery_editor.methods.model_surgery.surgery import compute_patch
+from surgery_editor.evaluation.metrics import fluency_check, load_ppl_texts
+from surgery_editor.evaluation.rtp import load_rtp_prompts, rtp_toxicity
+from surgery_editor.infra.fileio import atomic_write, jsonl_lines
+from surgery_editor.evaluation.judges import get_judge_reading
+from surgery_editor.methods.ModelSurgery.surgery import compute_patch
 from surgery_editor.models import refuse_shape_model
 
 from .stats import mcnemar_exact

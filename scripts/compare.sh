@@ -13,12 +13,12 @@
 # A variant with its own settings: TAG names its run dirs (<method>-<TAG>_<benchmark>), EXTRA
 # holds its Hydra overrides, e.g. the confirmed layer-wise ModelSurgery and its controls:
 #   TAG=layerwise EXTRA="method.variant=layerwise hparams.alpha=0.5" \
-#     bash scripts/compare.sh smollm2-135m rtp ModelSurgery,random
+#     bash scripts/compare.sh smollm2-135m rtp ModelSurgery,ModelSurgery_random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
 PART=${2:-all}
-ALL=ModelSurgery,random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DPO_shuffled,DINM,none
+ALL=ModelSurgery,ModelSurgery_random,ProFS,ProFS_random,steer,steer_random,prompt,DPO,DPO_shuffled,DINM,none
 METHODS=${3:-$ALL}
 RTP_LIMIT=${RTP_LIMIT:-null}   # null = all 1,000 confirmation prompts; e.g. RTP_LIMIT=300 for a quicker look
 PY=${VENV:-.venv}/bin/python

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_check}
 PY=${PYTHON:-python3}
-"$PY" -m benchmarks.run -m model=smollm2-135m method=none,ModelSurgery,random,ProFS,steer,prompt benchmark=rtp \
+"$PY" -m benchmarks.run -m model=smollm2-135m method=none,ModelSurgery,ModelSurgery_random,ProFS,steer,prompt benchmark=rtp \
   benchmark.subset=confirm benchmark.limit="${RTP_LIMIT:-300}" device=cuda model.dtype=bfloat16 \
   hydra.sweep.dir="$OUT/rtp" 'hydra.sweep.subdir=${method.name}_${benchmark.name}'
 "$PY" -m benchmarks.report "$OUT/rtp"

@@ -40,19 +40,19 @@ case $MODEL in
     sweep steer_fine method=steer hparams.layer=4,6 hparams.scale=1.25,1.5
     # ModelSurgery, layer-wise variant: ParaDetox pairs or RTP continuations as probe
     # data, three step sizes; the random-direction control beside each on toxicity
-    screen surgery rtp method=ModelSurgery,random method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
+    screen surgery rtp method=ModelSurgery,ModelSurgery_random method.variant=layerwise,layerwise-rtp hparams.alpha=0.3,0.4,0.5
     screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.4,0.5
     # (the layerwise-rtp perplexity screen was stopped: its toxicity screen already ruled it out)
     # second look at alpha = 0.4 (first screen: 0.3 too weak, 0.5 past the perplexity cliff):
     # which rows and how far -- an even budget per layer, the second quarter of the layers only
     # (7-14, K = 500), and the probe read at the last token instead of the token mean
-    screen surgery2 rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 hparams.budget=per_layer
+    screen surgery2 rtp method=ModelSurgery,ModelSurgery_random method.variant=layerwise hparams.alpha=0.4 hparams.budget=per_layer
     screen surgery2 ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 hparams.budget=per_layer
-    screen surgery2_q2 rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 \
+    screen surgery2_q2 rtp method=ModelSurgery,ModelSurgery_random method.variant=layerwise hparams.alpha=0.4 \
       'hparams.edit_layers=[7,8,9,10,11,12,13,14]' hparams.top_k=500
     screen surgery2_q2 ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 \
       'hparams.edit_layers=[7,8,9,10,11,12,13,14]' hparams.top_k=500
-    screen surgery2_last rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
+    screen surgery2_last rtp method=ModelSurgery,ModelSurgery_random method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
     screen surgery2_last ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
     # (surgery2_last's random control and perplexity were stopped: its toxic share, 7.2%, had
     # already lost to the first screen's alpha = 0.3, 5.6%, under the rule in the README)
@@ -64,7 +64,7 @@ case $MODEL in
     sweep ProFS method=ProFS 'hparams.layers=[9,10,11,12,13,14,15,16,17],[12,13,14,15,16,17]' \
       hparams.strength=0.5,1 hparams.pooling=mean,rms_mean
     # ModelSurgery, layer-wise variant, ParaDetox probe data as chosen on SmolLM2
-    screen surgery rtp method=ModelSurgery,random method.variant=layerwise hparams.alpha=0.3,0.5,0.7
+    screen surgery rtp method=ModelSurgery,ModelSurgery_random method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     screen surgery ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.3,0.5,0.7
     # (alpha = 0.7's perplexity was stopped: 0.3 had already doubled perplexity, 0.5 multiplied it by 7.5)
     # (the ProFS and steering screens above were not run for Gemma)

@@ -9,11 +9,9 @@ Public API::
 
 import logging
 
-from .methods.model_surgery.hparams import ModelSurgeryHyperParams
+from .methods.ModelSurgery import (LinearProbe, ModelSurgeryHyperParams, SurgeryPatch, apply_model_surgery_to_model,
+                                    build_patch, compute_patch, train_behaviour_probe, train_probe)
 from .models import load_model
-from .patch import SurgeryPatch
-from .probe import LinearProbe, train_probe
-from .methods.model_surgery.surgery import apply_model_surgery_to_model, build_patch, compute_patch, train_behaviour_probe
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import hidden_size, num_layers
-from .cache import TensorCache, config_hash, stable_hash, weights_fingerprint
+from .infra.cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,15 @@ from typing import List, Optional
 import yaml
 
 from .activations import pooled_hidden_states
-from .checks import check_count
-from .evaluation import fluency_check, load_ppl_texts, load_rtp_prompts, mcnemar_exact, rtp_toxicity
-from .fileio import atomic_write, check_writable_dir
-from .methods.model_surgery.hparams import ModelSurgeryHyperParams
-from .judges import get_judge_reading
+from .infra.checks import check_count
+from .evaluation.metrics import fluency_check, load_ppl_texts
+from .evaluation.rtp import load_rtp_prompts, rtp_toxicity
+from .evaluation.statistics import mcnemar_exact
+from .infra.fileio import atomic_write, check_writable_dir
+from .methods.ModelSurgery.hparams import ModelSurgeryHyperParams
+from .evaluation.judges import get_judge_reading
 from .models import check_model_args, load_model, refuse_shape_model
-from .methods.model_surgery.surgery import compute_patch, probe_texts
+from .methods.ModelSurgery.surgery import compute_patch, probe_texts
 
 
 def parse_overrides(pairs: List[str]) -> dict:

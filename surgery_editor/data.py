@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .fileio import read_text
+from .infra.fileio import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def find_file(path: str, data_dir: Optional[str], what: str, hint: str = "") -> 
 
 def _read_table(path: Path) -> pd.DataFrame:
     """A .csv/.tsv/.jsonl/.json file as a frame. The text is read by
-    :func:`surgery_editor.fileio.read_text`: UTF-8, a leading byte-order mark dropped (so the
+    :func:`surgery_editor.infra.fileio.read_text`: UTF-8, a leading byte-order mark dropped (so the
     first column keeps its name), errors naming the file."""
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv", ".jsonl", ".json"):

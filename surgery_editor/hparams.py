@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-from .fileio import read_text
+from .infra.fileio import read_text
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 _EXTENSIONS = (".yaml", ".yml", ".json")

@@ -26,9 +26,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .cache import cache_root
-from .extras import require
-from .fileio import atomic_dir
+from .infra.cache import cache_root
+from .infra.extras import require
+from .infra.fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def is_shape_model(name: Any) -> bool:
 
 def get_shape(name: str) -> ModelShape:
     """The :class:`ModelShape` of ``shape:<name>`` (or ``<name>``); a clear error otherwise."""
-    from .registry import did_you_mean
+    from .infra.registry import did_you_mean
 
     key = str(name)[len(SHAPE_PREFIX):] if is_shape_model(name) else str(name)
     if key not in MODEL_SHAPES:
@@ -315,7 +315,7 @@ def load_model(model_name: Union[str, os.PathLike, tuple], device: Union[str, in
         model, tok = load_shape_model(str(model_name), device=device if device is not None else "cpu", dtype=dtype,
                                       cache_dir=cache_dir)
     else:
-        from .easyedit_compat import prepare_torchvision
+        from .integration.easyedit_compat import prepare_torchvision
 
         prepare_torchvision()  # a CPU torch beside PyPI's CUDA torchvision: transformers' models import it
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery_editor.easyedit_compat import prepare_torchvision
+from surgery_editor.integration.easyedit_compat import prepare_torchvision
 
 # In the EasyEdit environment (PyPI's CUDA torchvision beside the CPU torch) transformers' model
 # classes import torchvision; make it importable before any test builds a model (no-op elsewhere).
@@ -142,7 +142,7 @@ def real_easyedit_or_skip():
     """Import a real EasyEdit (with SafetyEditor) the way the plugin does; skip the test when
     none is importable, or fail when ``SURGERY_EDITOR_REQUIRE_EASYEDIT=1`` (set by
     ``scripts/test_easyedit.sh``, so its run can never pass by skipping)."""
-    from surgery_editor.easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
+    from surgery_editor.integration.easyedit_compat import EasyEditUnavailable, import_easyeditor_alg_dict
 
     try:
         import_easyeditor_alg_dict()

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from surgery_editor import ModelSurgeryHyperParams, SurgeryPatch
-from surgery_editor.methods.model_surgery.surgery import build_patch, compute_patch
+from surgery_editor.methods.ModelSurgery.surgery import build_patch, compute_patch
 
 from conftest import REPO, make_tiny, offline_error
 
@@ -71,7 +71,7 @@ def test_hparams_direct_construction_is_checked_and_scientific_notation_still_co
 
 
 def test_hparams_checks_reach_dinm_and_future_classes(tmp_path):
-    from surgery_editor.methods.dinm.dinm import DINMHyperParams
+    from surgery_editor.methods.DINM.hparams import DINMHyperParams
     from surgery_editor.hparams import _HyperParamsBase
 
     base = {"alg_name": "DINM", "model_name": "m"}
@@ -133,7 +133,7 @@ def test_bf16_rows_that_round_away_are_counted_and_warned(hp_factory, caplog):
     hp = hp_factory(top_k=3 * 48, alpha=0.001)  # every gate row; a step of 0.001 per element
     with pytest.warns(UserWarning, match=r"5 of 144 selected rows round back to their original values in "
                                          r"torch\.bfloat16 at alpha=0\.001.*larger alpha.*float32"):
-        with caplog.at_level(logging.WARNING, logger="surgery_editor.methods.model_surgery.surgery"):
+        with caplog.at_level(logging.WARNING, logger="surgery_editor.methods.ModelSurgery.surgery"):
             patch = build_patch(model, torch.ones(32), hp)
     assert "5 of 144" in caplog.text
     assert patch.num_rows == 144 and patch.metadata["rows_changed"] == 139
@@ -192,7 +192,7 @@ def test_format_1_patch_loads_unverified_with_a_warning(saved_patch, tiny_llama,
     doc["format_version"] = 1
     del doc["checksums"]
     (saved_patch / "patch.json").write_text(json.dumps(doc))
-    with caplog.at_level(logging.WARNING, logger="surgery_editor.patch"):
+    with caplog.at_level(logging.WARNING, logger="surgery_editor.methods.ModelSurgery.patch"):
         loaded = SurgeryPatch.load(saved_patch)
     assert "format_version 1 has no checksums" in caplog.text
     loaded.apply(tiny_llama)  # still usable

@@ -15,7 +15,8 @@ from benchmarks import protocols
 from benchmarks.methods import get_method_class
 from benchmarks.protocols import Generation, RunContext, get_benchmark_class
 from benchmarks.store import ResultStore
-from surgery_editor.evaluation import generate, ngram_entropy, sample
+from surgery_editor.evaluation.generation import generate, sample
+from surgery_editor.evaluation.metrics import ngram_entropy
 
 from conftest import DATA_DIR, REPO, make_tiny
 
@@ -198,7 +199,7 @@ def _without_timings(m):
 @needs_data
 def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_model_dir, monkeypatch):
     from benchmarks import run as run_mod
-    from surgery_editor import judges
+    from surgery_editor.evaluation import judges
 
     cfg = _compose("method=none", "benchmark=rtp", "benchmark.limit=6", *_tiny_overrides(tiny_model_dir))
     full = run_mod.run(cfg, tmp_path / "full")
@@ -277,7 +278,7 @@ def test_model_surgery_and_random_control_edit_once_and_restore(tmp_path, tiny_m
 
 
 def test_bad_names_list_the_valid_ones():
-    with pytest.raises(KeyError, match=r"valid methods: .*'DINM'.*'ModelSurgery'.*'none'.*'random'"):
+    with pytest.raises(KeyError, match=r"valid methods: .*'DINM'.*'ModelSurgery'.*'ModelSurgery_random'.*'none'"):
         get_method_class("Surgery")
     with pytest.raises(KeyError, match=r"valid benchmarks: \['general', 'rtp', 'safeedit', 'toxigen'"):
         get_benchmark_class("realtox")
@@ -332,8 +333,9 @@ def test_hydra_multirun_cli_with_hparams_override(tmp_path, tiny_model_dir):
     assert len(metrics) == 2
     runs = {m["method"]: m for m in (json.loads(p.read_text()) for p in metrics)}
     assert runs["none"]["label"] == "none"  # settings it does not have are ignored
-    assert runs["random"]["label"].startswith("random") and "alpha=0.5" in runs["random"]["label"]
-    assert runs["random"]["hparams"]["alpha"] == 0.5 and runs["random"]["hparams"]["top_k"] == 4
+    rnd = runs["ModelSurgery_random"]  # method=random: the control's former name runs it under its name now
+    assert rnd["label"].startswith("ModelSurgery_random") and "alpha=0.5" in rnd["label"]
+    assert rnd["hparams"]["alpha"] == 0.5 and rnd["hparams"]["top_k"] == 4
     bad = subprocess.run(base + ["method=none", "hparams.alpah=1", *args], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "alpah" in bad.stderr
@@ -415,7 +417,7 @@ def test_submitit_local_launcher_sweep(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
             for p in tmp_path.glob("sweep/*/metrics.json")}
-    assert set(runs) == {"none", "random"} and all(r["n"] == 2 for r in runs.values())
+    assert set(runs) == {"none", "ModelSurgery_random"} and all(r["n"] == 2 for r in runs.values())
     assert list(tmp_path.glob("sweep/.submitit/*/*_log.out"))  # the jobs ran under submitit
 
 

@@ -1,4 +1,4 @@
-"""DINM baseline (surgery_editor.methods.dinm.dinm) on tiny random models."""
+"""DINM baseline (surgery_editor.methods.DINM.dinm) on tiny random models."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import torch
 import yaml
 
 from conftest import DATA_DIR, DINM_REQUEST, REPO, assert_same_state, make_tiny, real_easyedit_or_skip, state_copy
-from surgery_editor.methods.dinm import dinm
-from surgery_editor.methods.dinm.dinm import (DINMHyperParams, apply_dinm_to_model, constraint_kl, constraint_logprobs,
-                                 default_module_templates, dinm_backend, encode_prompt_response, layer_distances,
-                                 locate_toxic_layer, request_from_safeedit, restore_weights, target_nll,
-                                 validate_requests, with_system_prompt)
+from surgery_editor.methods.DINM import dinm
+from surgery_editor.methods.DINM import (DINMHyperParams, apply_dinm_to_model, constraint_kl, default_module_templates,
+                                         dinm_backend, encode_prompt_response, layer_distances, locate_toxic_layer,
+                                         request_from_safeedit, restore_weights, target_nll, validate_requests,
+                                         to_easyedit_request, with_system_prompt)
+from surgery_editor.methods.DINM.hparams import DEFAULT_SUFFIX_SYSTEM_PROMPT, TEMPLATE_KEYS
+from surgery_editor.methods.DINM.losses import constraint_logprobs
 
 YAMLS = sorted((REPO / "hparams" / "DINM").glob("*.yaml"))
 REQUEST = DINM_REQUEST
@@ -62,7 +64,7 @@ def test_published_7b_values():
     assert chat.model_name == "meta-llama/Llama-2-7b-chat-hf" and mistral.model_name == "mistralai/Mistral-7B-v0.1"
     for h in (llama, chat, mistral):
         assert (h.max_length, h.max_output_length, h.num_steps) == (2048, 600, 10)
-        assert h.suffix_system_prompt == dinm.DEFAULT_SUFFIX_SYSTEM_PROMPT
+        assert h.suffix_system_prompt == DEFAULT_SUFFIX_SYSTEM_PROMPT
 
 
 def _tiny_gemma3():
@@ -79,7 +81,7 @@ def test_small_model_yaml_templates_match_architectures(name, factory):
     h = DINMHyperParams.from_hparams(REPO / "hparams" / "DINM" / f"{name}.yaml")
     assert h.model_name == name and h.device == "cpu"
     derived = default_module_templates(factory())
-    assert {k: getattr(h, k) for k in dinm.TEMPLATE_KEYS} == derived
+    assert {k: getattr(h, k) for k in TEMPLATE_KEYS} == derived
 
 
 def test_gpt2_templates_derived():
@@ -148,7 +150,7 @@ def test_safeedit_record_and_system_prompt():
     s = with_system_prompt(req, "SUF")
     assert (s["prompt"], s["locality_prompt"], s["general_prompt"][0]) == ("P SUF", "KP SUF", "g1 SUF")
     assert s["target_new"] == "S" and s["locality_ground_truth"] == "KA" and req["prompt"] == "P"
-    nested = with_system_prompt(dinm.to_easyedit_request(req), "SUF")
+    nested = with_system_prompt(to_easyedit_request(req), "SUF")
     assert nested["locality"]["general knowledge constraint"] == {"prompt": "KP SUF", "ground_truth": "KA"}
     with pytest.raises(ValueError, match="no field 'safe generation'"):
         request_from_safeedit({"adversarial prompt": "P"})
@@ -158,7 +160,7 @@ def test_real_safeedit_records_validate():
     path = DATA_DIR / "safeedit" / "SafeEdit_test_subset144.json"
     if not path.is_file():
         pytest.skip(f"{path} not present")
-    reqs = [with_system_prompt(request_from_safeedit(r), dinm.DEFAULT_SUFFIX_SYSTEM_PROMPT)
+    reqs = [with_system_prompt(request_from_safeedit(r), DEFAULT_SUFFIX_SYSTEM_PROMPT)
             for r in json.loads(path.read_text())]
     assert len(validate_requests(reqs)) == len(reqs) and all(len(r["general_prompt"]) == 4 for r in reqs)
 
@@ -342,7 +344,7 @@ def test_norm_constraint_clamps(tiny_tok):
 def test_nested_easyedit_locality_is_the_same_request(tiny_tok):
     flat, nested = make_tiny("llama"), make_tiny("llama")
     apply_dinm_to_model(flat, tiny_tok, REQUEST, hp(layers=[1]))
-    req = {k: v for k, v in dinm.to_easyedit_request(REQUEST).items() if not k.startswith("locality_")}
+    req = {k: v for k, v in to_easyedit_request(REQUEST).items() if not k.startswith("locality_")}
     apply_dinm_to_model(nested, tiny_tok, req, hp(layers=[1]))
     assert_same_state(nested, state_copy(flat))
 
@@ -454,7 +456,7 @@ def test_backend_auto_without_easyedit_is_ours():
 # against the real EasyEdit (run with the EasyEdit venv; skipped without it)
 # ---------------------------------------------------------------------------------------
 def _easyedit_backend():
-    from surgery_editor.easyedit_compat import EasyEditUnavailable
+    from surgery_editor.integration.easyedit_compat import EasyEditUnavailable
 
     real_easyedit_or_skip()  # fails instead of skipping under scripts/test_easyedit.sh
     try:

@@ -1,4 +1,4 @@
-"""DPO baseline (surgery_editor.methods.dpo): LoRA-DPO with trl, merged into the weights.
+"""DPO baseline (surgery_editor.methods.DPO): LoRA-DPO with trl, merged into the weights.
 
 Tiny random Llamas and the word-level tokenizer from conftest; each training is 2-3 steps."""
 
@@ -16,13 +16,8 @@ from conftest import DATA_DIR, NEUTRAL, REPO, TOXIC, assert_same_state, make_tin
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from surgery_editor.methods.dpo import (  # noqa: E402
-    DEFAULT_TARGETS,
-    DPOHyperParams,
-    apply_dpo_to_model,
-    load_preference_pairs,
-)
-from surgery_editor.methods.dpo.pairs import _split_common_prefix  # noqa: E402
+from surgery_editor.methods.DPO import DEFAULT_TARGETS, DPOHyperParams, apply_dpo_to_model, load_preference_pairs
+from surgery_editor.methods.DPO.pairs import _split_common_prefix  # noqa: E402
 
 YAMLS = sorted((REPO / "hparams" / "DPO").glob("*.yaml"))
 
@@ -373,7 +368,7 @@ def test_smollm2_short_training(tmp_path):
 
 
 def test_shuffled_control_swaps_exactly_half_the_pairs():
-    from surgery_editor.methods.dpo.train import shuffle_preferences
+    from surgery_editor.methods.DPO.train import shuffle_preferences
 
     pairs = [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(9)]
     out = shuffle_preferences(pairs, seed=0)

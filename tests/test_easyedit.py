@@ -69,7 +69,7 @@ def test_dataset_probe_computed_once_across_requests(tiny_llama, tiny_tok, hp_fa
 
 
 def test_request_direction_is_normalised_difference(tiny_llama, tiny_tok, hp_factory):
-    from surgery_editor.methods.model_surgery.surgery import compute_patch
+    from surgery_editor.methods.ModelSurgery.surgery import compute_patch
 
     hp = hp_factory(probe_source="request", top_k=5, request_direction_norm=2.0)
     patch = compute_patch(tiny_llama, tiny_tok, hp, [REQUEST])
@@ -122,7 +122,7 @@ def test_registers_in_place_into_easyeditor_alg_dict(tmp_path):
         import surgery_editor.easyedit as ee
         from easyeditor.util.hparams import HyperParams
         from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
-        from surgery_editor.methods.profs import ProFSHyperParams
+        from surgery_editor.methods.ProFS import ProFSHyperParams
         hp = ModelSurgeryHyperParams.from_hparams("hparams/ModelSurgery/smollm2-135m")
         profs = ProFSHyperParams.from_hparams("hparams/ProFS/smollm2-135m")
         print(ee.REGISTERED, held is alg_dict.ALG_DICT, held["ModelSurgery"] is apply_model_surgery_to_model,

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from surgery_editor import ModelSurgeryHyperParams, SurgeryPatch, load_model
-from surgery_editor.evaluation import generate, load_rtp_prompts
+from surgery_editor.evaluation.generation import generate
+from surgery_editor.evaluation.rtp import load_rtp_prompts
 from surgery_editor.models import embedded_model_dir
-from surgery_editor.methods.model_surgery.surgery import compute_patch
+from surgery_editor.methods.ModelSurgery.surgery import compute_patch
 
 from conftest import DATA_DIR, REPO, assert_same_state, state_copy
 

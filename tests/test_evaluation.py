@@ -5,7 +5,7 @@ import json
 import pytest
 
 from surgery_editor import evaluation as ev
-from surgery_editor.judges import get_judge, register_judge
+from surgery_editor.evaluation.judges import get_judge, register_judge
 
 from conftest import DATA_DIR
 

@@ -34,7 +34,7 @@ CHECK = textwrap.dedent("""
     import surgery_editor
     from surgery_editor import ModelSurgeryHyperParams, apply_model_surgery_to_model
     from surgery_editor.methods import load_methods
-    from surgery_editor.extras import MissingExtra
+    from surgery_editor.infra.extras import MissingExtra
 
     report = {"file": surgery_editor.__file__,
               "importable": {m: importlib.util.find_spec(m) is not None for m in NOT_INSTALLED},
@@ -71,7 +71,7 @@ CHECK = textwrap.dedent("""
     report["changed"] = sorted(k for k, v in model.state_dict().items() if not torch.equal(v, before[k]))
     report["weights_copy"] = sorted(weights_copy)
 
-    from surgery_editor.methods.dpo import apply_dpo_to_model
+    from surgery_editor.methods.DPO import apply_dpo_to_model
     try:
         apply_dpo_to_model(model, tok, [], load_methods()["DPO"].hparams_cls(model_name="tiny"))
     except MissingExtra as err:
@@ -119,6 +119,10 @@ def test_plain_install(tmp_path):
     assert report["changed"] and all(name.endswith("gate_proj.weight") for name in report["changed"])
     assert set(report["weights_copy"]) == set(report["changed"])
     assert 'pip install "surgery_editor[dpo]"' in report["dpo_error"]
+
+    # the installed harness finds its Hydra config (package data) and the registered methods
+    config = _run([python, "-m", "surgery_editor.benchmarks.run", "--cfg", "job", "method=random"], work)
+    assert "name: ModelSurgery_random" in config
 
     files = _run([python, "-m", "pip", "show", "-f", "surgery_editor"], tmp_path)  # not -q: that silences show
     listed = [line.strip() for line in files.split("Files:", 1)[1].splitlines() if line.strip()]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR
-from surgery_editor import judges
-from surgery_editor.judges import (JUDGE_PREFIXES, TOXIC_THRESHOLD, PerspectiveError, available_judges, get_judge,
-                                   register_judge, register_judge_prefix)
+from surgery_editor.evaluation import judges
+from surgery_editor.evaluation.judges import (JUDGE_PREFIXES, TOXIC_THRESHOLD, PerspectiveError, available_judges,
+                                              get_judge, register_judge, register_judge_prefix)
 
 HAVE_JBB = (DATA_DIR / "jailbreakbench" / "jbb_judged_responses.jsonl").is_file()
 needs_jbb = pytest.mark.skipif(not HAVE_JBB, reason="../shared/data/jailbreakbench not present")

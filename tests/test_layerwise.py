@@ -11,8 +11,7 @@ from surgery_editor import ModelSurgeryHyperParams
 from surgery_editor import architectures as arch
 from surgery_editor.activations import _pool, pooled_block_outputs
 from surgery_editor.data import load_probe_texts
-from surgery_editor.methods.model_surgery.surgery import (build_patch, compute_patch, layer_directions,
-                                                          select_per_layer)
+from surgery_editor.methods.ModelSurgery.surgery import build_patch, compute_patch, layer_directions, select_per_layer
 
 from conftest import NEUTRAL, TOXIC, assert_same_state, make_tiny, state_copy
 

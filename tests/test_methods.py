@@ -8,9 +8,9 @@ import torch
 
 from surgery_editor import activations as acts
 from surgery_editor.methods import ALGORITHMS, InputTransform, get_algorithm, load_methods
-from surgery_editor.methods.profs import (ProFSHyperParams, apply_profs_to_model, output_basis, project_out,
+from surgery_editor.methods.ProFS import (ProFSHyperParams, apply_profs_to_model, output_basis, project_out,
                                           toxic_subspace)
-from surgery_editor.methods.safety_prompt import SafetyPromptHyperParams, apply_safety_prompt_to_model
+from surgery_editor.methods.prompt import SafetyPromptHyperParams, apply_safety_prompt_to_model
 from surgery_editor.methods.steer import SteerHyperParams, apply_steer_to_model, remove_created_bias
 
 from conftest import REPO, assert_same_state, make_tiny, state_copy
@@ -133,7 +133,7 @@ def _mlp_writes(model, module_path, ids):
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gemma3"])
 def test_profs_edits_only_the_mlp_output_of_listed_layers_and_removes_the_subspace(kind, tiny_tok, pairs, tmp_path):
     from surgery_editor import architectures as arch
-    from surgery_editor.methods.profs import compute_subspaces
+    from surgery_editor.methods.ProFS import compute_subspaces
 
     model = _tiny_gemma3(len(tiny_tok)) if kind == "gemma3" else make_tiny(kind, vocab=len(tiny_tok))
     hp = _profs(pairs, tmp_path)
@@ -162,7 +162,7 @@ def test_profs_edits_only_the_mlp_output_of_listed_layers_and_removes_the_subspa
 
 def test_profs_subspace_matches_an_independent_computation(tiny_tok, pairs, tmp_path):
     from surgery_editor.data import load_probe_texts
-    from surgery_editor.methods.profs import compute_subspaces
+    from surgery_editor.methods.ProFS import compute_subspaces
 
     model = make_tiny("llama", vocab=len(tiny_tok))
     texts = load_probe_texts(pairs)
@@ -175,7 +175,7 @@ def test_profs_subspace_matches_an_independent_computation(tiny_tok, pairs, tmp_
 
 
 def test_profs_random_control_has_the_same_rank_and_another_span(tiny_tok, pairs, tmp_path):
-    from surgery_editor.methods.profs import compute_subspaces
+    from surgery_editor.methods.ProFS import compute_subspaces
 
     model = make_tiny("llama", vocab=len(tiny_tok))
     toxic = compute_subspaces(model, tiny_tok, _profs(pairs, tmp_path))
@@ -338,3 +338,15 @@ def test_restore_copies_live_in_host_memory(tiny_tok):
         meta = torch.nn.Linear(4, 3)
     on_meta = {"weight": torch.empty(3, 4, device="meta")}
     assert bytes_on_device(meta, on_meta) == 3 * 4 * 4 and bytes_on_device(meta, saved) == 0
+
+
+def test_a_former_control_name_runs_and_reads_as_the_name_now():
+    from benchmarks.methods import get_method_class, method_config_nodes
+    from surgery_editor.methods import ALIASES, canonical_name
+
+    assert ALIASES["random"] == "ModelSurgery_random" and canonical_name("random") == "ModelSurgery_random"
+    assert canonical_name("ProFS_random") == "ProFS_random"
+    assert get_method_class("random") is get_method_class("ModelSurgery_random")
+    nodes = method_config_nodes()
+    assert nodes["random"] == nodes["ModelSurgery_random"] and nodes["random"]["method"]["name"] == "ModelSurgery_random"
+    assert get_algorithm("ModelSurgery").controls == {"ModelSurgery_random": {"edit_direction": "random"}}

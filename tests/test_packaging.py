@@ -31,8 +31,8 @@ def test_methods_register_without_the_optional_packages():
             warnings.simplefilter("error")  # a method that fails to register warns
             from surgery_editor.methods import load_methods
             names = sorted(load_methods())
-        from surgery_editor.extras import MissingExtra
-        from surgery_editor.methods.dpo import DPOHyperParams, apply_dpo_to_model
+        from surgery_editor.infra.extras import MissingExtra
+        from surgery_editor.methods.DPO import DPOHyperParams, apply_dpo_to_model
         try:
             apply_dpo_to_model(None, None, [], DPOHyperParams(model_name="tiny"))
         except MissingExtra as err:
@@ -51,9 +51,9 @@ def test_methods_register_without_the_optional_packages():
 
 
 def test_missing_extra_names_the_extra(monkeypatch):
-    from surgery_editor.evaluation import mcnemar_exact
-    from surgery_editor.extras import MissingExtra, require
-    from surgery_editor.judges import get_judge
+    from surgery_editor.evaluation.statistics import mcnemar_exact
+    from surgery_editor.infra.extras import MissingExtra, require
+    from surgery_editor.evaluation.judges import get_judge
 
     monkeypatch.setitem(sys.modules, "profanity_check", None)
     with pytest.raises(MissingExtra, match=r'profanity judge.*pip install "surgery_editor\[harness\]"'):

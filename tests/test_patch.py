@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from surgery_editor import SurgeryPatch, apply_model_surgery_to_model
-from surgery_editor.methods.model_surgery.surgery import build_patch, compute_patch
+from surgery_editor.methods.ModelSurgery.surgery import build_patch, compute_patch
 
 from conftest import assert_same_state, make_tiny, state_copy
 
@@ -104,7 +104,7 @@ def test_half_precision_computes_in_fp32_and_writes_model_dtype(dtype, hp_factor
 def test_atomic_writes_leave_no_temporary_and_use_the_umask(tmp_path):
     import os
 
-    from surgery_editor.fileio import atomic_dir, atomic_write
+    from surgery_editor.infra.fileio import atomic_dir, atomic_write
 
     old = os.umask(0o022)
     try:

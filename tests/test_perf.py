@@ -9,7 +9,7 @@ import pytest
 
 from conftest import DINM_REQUEST, make_tiny
 from benchmarks import perf, projection
-from surgery_editor.methods.dinm.dinm import DINMHyperParams
+from surgery_editor.methods.DINM.hparams import DINMHyperParams
 
 REQUESTS = [DINM_REQUEST] * 2
 PROMPTS = ["you are", "i hate you so", "the weather today is very", "a good friend", "they are dumb and"]
@@ -206,7 +206,7 @@ def test_projection_has_every_job_of_the_comparison(shape_run):
         assert totals.loc[part, "total_s"] == pytest.approx(each.loc[each["part"] == part, "total_s"].sum())
     edits = each.set_index(["part", "method"])["edit"]
     assert edits[("rtp", "ModelSurgery")] == "cold" and edits[("ppl", "ModelSurgery")] == "cached"
-    assert edits[("rtp", "random")] == "cached"  # the control reads ModelSurgery's probe
+    assert edits[("rtp", "ModelSurgery_random")] == "cached"  # the control reads ModelSurgery's probe
     assert edits[("rtp", "ProFS")] == "cold" and edits[("rtp", "steer")] == "cached"  # the pairs' states shared
     assert edits[("safeedit", "DINM")] == "144 per-record" and edits[("rtp", "DINM")] == "one record"
     assert edits[("rtp", "DPO")] == edits[("general", "DPO_shuffled")] == "train"

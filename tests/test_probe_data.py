@@ -5,8 +5,8 @@ import torch
 
 from surgery_editor import activations as acts
 from surgery_editor.data import load_probe_texts
-from surgery_editor.probe import train_probe
-from surgery_editor.methods.model_surgery.surgery import compute_patch, train_behaviour_probe
+from surgery_editor.methods.ModelSurgery.probe import train_probe
+from surgery_editor.methods.ModelSurgery.surgery import compute_patch, train_behaviour_probe
 
 from conftest import DATA_DIR, make_tiny
 
@@ -181,7 +181,7 @@ def test_offline_probe_sets_load():
 
 
 def test_weights_fingerprint_sees_any_element_of_any_row():
-    from surgery_editor.cache import weights_fingerprint
+    from surgery_editor.infra.cache import weights_fingerprint
 
     model = make_tiny("llama", seed=3)
     base = weights_fingerprint(model)
@@ -206,7 +206,7 @@ def test_weights_fingerprint_sees_any_element_of_any_row():
 def test_weights_fingerprint_of_a_bf16_model_reads_blocks_of_rows(monkeypatch):
     """A bf16 matrix is projected a few rows at a time (no float32 copy of the whole matrix):
     a change in any block, the last partial one included, still changes the fingerprint."""
-    from surgery_editor import cache
+    from surgery_editor.infra import cache
 
     model = make_tiny("llama", seed=3, dtype=torch.bfloat16)
     whole = cache.weights_fingerprint(model)

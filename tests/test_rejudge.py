@@ -56,7 +56,7 @@ def test_rejudge_cli_refuses_same_folder_and_empty_source(tmp_path):
 
 
 def test_safeedit_rows_rescored_with_fluency_recomputed_and_knowledge_kept(tmp_path):
-    from surgery_editor.evaluation import ngram_entropy
+    from surgery_editor.evaluation.metrics import ngram_entropy
 
     responses = {"DS": "no no no", "DG_onlyQ": "I will not help with that at all", "DG_otherA": "",
                  "DG_otherQ": "sure", "DG_otherAQ": "ok then"}  # lengths 8, 32, 0, 4, 7

@@ -131,7 +131,7 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
     # ordering: model, benchmark, method with none first, label
     assert list(zip(table["benchmark"], table["label"])) == [
         ("rtp", "none"), ("rtp", "none"), ("rtp", "ModelSurgery alpha=0.5"), ("rtp", "ModelSurgery alpha=1.0"),
-        ("rtp", "random"), ("safeedit", "none"), ("safeedit", "ModelSurgery")]
+        ("rtp", "ModelSurgery_random"), ("safeedit", "none"), ("safeedit", "ModelSurgery")]  # recorded as random
     cols = list(table.columns)
     assert cols[:7] == ["label", "method", "model", "benchmark", "protocol", "judge", "n"]
     metrics = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_avg", "fluency", "knowledge",
@@ -167,10 +167,10 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
     assert a05["n_vs_none"] == 19 and a05["toxic_rate_p_vs_none"] == pytest.approx(binomtest(0, 4, 0.5).pvalue)
     assert any("item sets differ" in r.getMessage() and "multirun/0" in r.getMessage() for r in caplog.records)
 
-    # references: random is tested against none, none against neither (random vs none would repeat it)
+    # references: the control is tested against none, none against neither (control vs none would repeat it)
     none = table[table["run_dir"] == str(root / "rtp_none")].iloc[0]
     assert pd.isna(none["toxic_rate_p_vs_none"]) and pd.isna(none["toxic_rate_p_vs_control"])
-    rnd = _row(table, "random")
+    rnd = _row(table, "ModelSurgery_random")
     assert rnd["toxic_rate_p_vs_none"] == 1.0 and pd.isna(rnd["toxic_rate_p_vs_control"])  # 1 discordant item
 
     # SafeEdit: percent units for DS/DG, Wilson on 9/10 safe, McNemar 0 vs 5 discordant
@@ -305,11 +305,12 @@ def test_frontier_joins_rtp_and_perplexity_runs_by_label(tmp_path):
 
 
 def test_frontier_styles_give_a_control_its_methods_color_hollow():
-    pts = pd.DataFrame({"method": ["none", "ModelSurgery", "steer", "random", "steer_random", "ModelSurgery"],
-                        "label": ["none", "ms", "steer", "random", "steer_random", "ms[layerwise]"]})
+    pts = pd.DataFrame({"method": ["none", "ModelSurgery", "steer", "ModelSurgery_random", "steer_random",
+                                   "ModelSurgery"],
+                        "label": ["none", "ms", "steer", "ModelSurgery_random", "steer_random", "ms[layerwise]"]})
     st = report.frontier_styles(pts)
     assert list(st["hollow"]) == [False, False, False, True, True, False]
-    assert st["color"][3] == st["color"][1] == st["color"][5]  # random is ModelSurgery's control
+    assert st["color"][3] == st["color"][1] == st["color"][5]  # ModelSurgery_random is ModelSurgery's control
     assert st["color"][4] == st["color"][2] != st["color"][1]  # steer_random is steering's
     assert st["color"][0] == "k" and st["color"][1] != st["color"][2]  # the unedited model in black
     assert list(st["marker"]) == ["o", "o", "o", "o", "o", "s"]  # the second ModelSurgery label: a square
@@ -327,13 +328,15 @@ def test_control_is_paired_only_with_the_same_settings(tmp_path):
     run("ms1", "ModelSurgery", 1.0)
     run("ms2", "ModelSurgery", 2.0)
     run("ms3", "ModelSurgery", 1.0, "hparams/ModelSurgery/m-layerwise.yaml")
-    run("rnd1", "random", 1.0)
+    run("rnd1", "random", 1.0)  # recorded under the control's former name
     runs = report.collect(tmp_path).set_index("label", drop=False)
-    pick = lambda label: report.pick_reference(runs, label, "random", control_of=["edit_direction"])  # noqa: E731
+    assert runs.loc["rnd1", "method"] == "ModelSurgery_random"
+    pick = lambda label: report.pick_reference(runs, label, "ModelSurgery_random",  # noqa: E731
+                                               control_of=["edit_direction"])
     assert pick("ms1") == "rnd1"
     assert pick("ms2") is None  # a control of another alpha is no control
     assert pick("ms3") is None  # nor one of another variant (hparams file)
-    assert report.pick_reference(runs, "ms2", "random") == "rnd1"  # plain references stay lenient
+    assert report.pick_reference(runs, "ms2", "ModelSurgery_random") == "rnd1"  # plain references stay lenient
 
 
 def test_sampled_runs_get_their_own_columns_and_the_frontier_keeps_greedy(tmp_path):

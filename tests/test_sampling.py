@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TopPLogitsWarper
 
-from surgery_editor.evaluation import sample
-from surgery_editor.sampling import NucleusWarper
+from surgery_editor.evaluation.generation import sample
+from surgery_editor.evaluation.sampling import NucleusWarper
 
 
 def _logits(rows, vocab, spread, seed=0):

@@ -110,7 +110,7 @@ def test_a_rejudged_copy_records_its_judge_so_a_resume_there_keeps_it(tmp_path, 
     from benchmarks.identity import RunDirMismatch
     from benchmarks.rejudge import rejudge_run
     from benchmarks.run import run
-    from surgery_editor.judges import get_judge
+    from surgery_editor.evaluation.judges import get_judge
 
     run(_compose(*_rtp_run(tmp_path, tiny_model_dir, "benchmark.limit=2", "generation.max_new_tokens=2")),
         tmp_path / "src")
@@ -244,7 +244,7 @@ def test_probe_data_with_one_example_per_class_is_refused_before_the_model_loads
 
 
 def test_probe_training_split_must_keep_both_classes():
-    from surgery_editor.probe import check_probe_labels, min_examples_per_class, train_probe
+    from surgery_editor.methods.ModelSurgery.probe import check_probe_labels, min_examples_per_class, train_probe
 
     assert min_examples_per_class(0.1) == 10 and min_examples_per_class(0.25) == 4 and min_examples_per_class(0) == 2
     check_probe_labels([0, 1] * 4, 0.25)
@@ -280,7 +280,7 @@ def test_non_finite_metrics_are_never_written(tmp_path, tiny_model_dir, monkeypa
 
 def test_general_metrics_leave_out_what_did_not_run():
     from benchmarks.general import aggregate
-    from surgery_editor.checks import non_finite
+    from surgery_editor.infra.checks import non_finite
 
     rows = [{"task": "gsm8k", "flags": {"exact_match:strict-match/gsm8k": True}, "values": {}, "pairs": {}}]
     m = aggregate(rows, [])
@@ -295,7 +295,7 @@ def test_general_metrics_leave_out_what_did_not_run():
 
 def test_cli_rtp_limit_minus_one_is_refused_before_anything_loads(monkeypatch, capsys):
     from surgery_editor import cli
-    from surgery_editor.evaluation import load_rtp_prompts
+    from surgery_editor.evaluation.rtp import load_rtp_prompts
 
     monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exit_info:
@@ -387,7 +387,7 @@ def test_edit_instance_past_the_end_is_refused_before_the_model_loads(tmp_path, 
 
 
 def test_hf_judge_offline_names_the_judge_and_the_id(tmp_path):
-    out = offline_error(tmp_path, "__import__('surgery_editor.judges').judges.get_judge('hf:does/not-exist')")
+    out = offline_error(tmp_path, "__import__('surgery_editor.evaluation.judges').evaluation.judges.get_judge('hf:does/not-exist')")
     assert "ERROR: judge 'hf:does/not-exist' could not be loaded" in out
     assert "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set" in out and "hub id of the form 'org/name'" in out
 

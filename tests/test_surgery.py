@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from surgery_editor import architectures as arch
-from surgery_editor.methods.model_surgery.surgery import build_patch, edited_rows, score_rows, select_top_k
+from surgery_editor.methods.ModelSurgery.surgery import build_patch, edited_rows, score_rows, select_top_k
 
 from conftest import make_tiny, state_copy
 

@@ -1,7 +1,8 @@
 """Editing methods: one folder each, registering itself here.
 
-A method is a subpackage of ``surgery_editor.methods`` (``model_surgery/``, ``dinm/``,
-``profs/``, ``steer/``, ``safety_prompt/``, ``dpo/``) that defines an EasyEdit-style hparams
+A method is a subpackage of ``surgery_editor.methods`` named as its ``alg_name``
+(``ModelSurgery/``, ``DINM/``, ``ProFS/``, ``steer/``, ``prompt/``, ``DPO/``): an ``__init__.py``
+that registers it, an ``hparams.py`` and the method's own modules. It defines an EasyEdit-style hparams
 dataclass (``ALG_NAME`` = its ``alg_name``, fields checked on load) and an
 ``apply_<alg>_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
 keep_original_weight=False, **kwargs) -> (model, weights_copy)``, and calls
@@ -9,8 +10,8 @@ keep_original_weight=False, **kwargs) -> (model, weights_copy)``, and calls
 EasyEdit's ``ALG_DICT`` (:func:`surgery_editor.easyedit.register`) and the benchmark harness's
 Hydra ``method`` group (``benchmarks/methods.py``); neither names a method.
 
-Adding a method: a new folder here with its ``__init__.py`` calling ``register_algorithm``,
-and its YAMLs in ``hparams/<ALG_NAME>/<model>.yaml``. Methods outside this package register
+Adding a method: a new folder here with its ``__init__.py`` calling ``register_algorithm`` (the
+folders are found by listing this package: no list names them), and its YAMLs in ``hparams/<ALG_NAME>/<model>.yaml``. Methods outside this package register
 the same way and are picked up if imported before the harness builds its config (or listed in
 ``$SURGERY_EDITOR_PLUGINS``, comma-separated module names).
 """
@@ -25,7 +26,7 @@ import pkgutil
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from ..registry import lookup, register
+from ..infra.registry import lookup, register
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,24 @@ class Algorithm:
 
 
 ALGORITHMS: Dict[str, Algorithm] = {}
+ALIASES: Dict[str, str] = {}  # a former name of a method or control -> its name now
 
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:
     """Add a method to the registry (a name registered twice is an error)."""
     return register(ALGORITHMS, algorithm.name, algorithm, "algorithm")
+
+
+def register_alias(old: str, new: str) -> None:
+    """Keep a former name working: ``method=<old>`` runs ``new``, and run directories recorded
+    under ``old`` read (and are reported) as ``new``."""
+    register(ALIASES, old, new, "method alias")
+
+
+def canonical_name(name: str) -> str:
+    """The name a method or control has now (``random`` -> ``ModelSurgery_random``)."""
+    load_methods()
+    return ALIASES.get(name, name)
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -144,4 +158,5 @@ def load_methods() -> Dict[str, Algorithm]:
     return ALGORITHMS
 
 
-__all__ = ["Algorithm", "InputTransform", "ALGORITHMS", "register_algorithm", "get_algorithm", "load_methods"]
+__all__ = ["Algorithm", "InputTransform", "ALGORITHMS", "ALIASES", "register_algorithm", "register_alias",
+           "canonical_name", "get_algorithm", "load_methods"]

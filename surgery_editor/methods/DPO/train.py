@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...extras import require
-from ...resources import PeakRSS
+from ...infra.extras import require
+from ...infra.resources import PeakRSS
 from .._common import originals as saved_weights
 from .hparams import DPOHyperParams
 from .pairs import load_preference_pairs

@@ -32,11 +32,11 @@ from torch import nn
 from ... import architectures as arch
 from ...activations import (cached_pooled_block_outputs, cached_pooled_hidden_states, ensure_pad_token,
                             pooled_hidden_states)
-from ...cache import TensorCache, config_hash, stable_hash, weights_fingerprint
+from ...infra.cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 from ...data import LabelledTexts, load_probe_texts
 from .hparams import ModelSurgeryHyperParams
-from ...patch import RowEdit, SurgeryPatch
-from ...probe import LinearProbe, check_probe_labels, train_probe
+from .patch import RowEdit, SurgeryPatch
+from .probe import LinearProbe, check_probe_labels, train_probe
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 def probe_texts(hparams: ModelSurgeryHyperParams) -> LabelledTexts:
     """``hparams.probe_data`` read (relative paths under ``hparams.data_dir``) and, where a
     probe is trained on it, checked to hold enough examples of each class for the probe and its
-    held-out split (:func:`~surgery_editor.probe.check_probe_labels`)."""
+    held-out split (:func:`~surgery_editor.methods.ModelSurgery.probe.check_probe_labels`)."""
     data = load_probe_texts(hparams.probe_data, hparams.data_dir)
     if hparams.probe_mode == "single" or hparams.layer_direction == "probe":
         check_probe_labels(data.labels, hparams.probe_val_fraction, f"{data.source} (probe_data)")

@@ -13,41 +13,11 @@ empty and the model is not touched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from ...hparams import EasyEditKeys, _help
-from .. import Algorithm, InputTransform, register_algorithm
+from .. import InputTransform
 from .._common import as_requests
-
-ALG_NAME = "prompt"
-
-# Xie et al. 2023's Self-Reminder, with "ChatGPT" made "AI assistant" for other models.
-SELF_REMINDER_SYSTEM = ("You should be a responsible AI assistant and should not generate harmful or misleading "
-                        "content! Please answer the following user query in a responsible way.")
-SELF_REMINDER_SUFFIX = ("\n\nRemember, you should be a responsible AI assistant and should not generate harmful or "
-                        "misleading content!")
-
-
-@dataclass
-class SafetyPromptHyperParams(EasyEditKeys):
-    ALG_NAME: ClassVar[str] = ALG_NAME
-
-    system_prompt: str = _help("system message of chat inputs (Self-Reminder's)", SELF_REMINDER_SYSTEM)
-    raw_prefix: str = _help("text before raw (non-chat) inputs; {system_prompt} is replaced by system_prompt",
-                            "{system_prompt}\n\n")
-    reminder: str = _help("text after every instruction (chat user turn, raw SafeEdit query); not after texts "
-                          "to be continued", SELF_REMINDER_SUFFIX)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (self.system_prompt.strip() or self.raw_prefix.strip() or self.reminder.strip()):
-            raise ValueError("system_prompt, raw_prefix and reminder are all empty: the prompt method would do nothing")
-        try:
-            self.raw_prefix.format(system_prompt="")
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"raw_prefix: only the placeholder {{system_prompt}} is allowed ({err!r}); "
-                             "write literal braces as {{ and }}") from err
+from .hparams import SafetyPromptHyperParams
 
 
 def input_transform(hparams: SafetyPromptHyperParams) -> InputTransform:
@@ -69,12 +39,3 @@ def apply_safety_prompt_to_model(model, tok, requests: Any, hparams: SafetyPromp
             request["general_prompt"] = [transform.instruction(p) if isinstance(p, str) and p.strip() else p
                                          for p in request["general_prompt"]]
     return model, {}
-
-
-register_algorithm(Algorithm(
-    name=ALG_NAME, hparams_cls=SafetyPromptHyperParams, apply=apply_safety_prompt_to_model,
-    description="safety prompt (Self-Reminder): a system prompt / prefix and a reminder, no weight change",
-    input_transform=input_transform, info_keys=("system_prompt", "raw_prefix", "reminder"),
-))
-
-__all__ = ["SafetyPromptHyperParams", "apply_safety_prompt_to_model", "input_transform"]

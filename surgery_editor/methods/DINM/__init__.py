@@ -1,17 +1,26 @@
 """DINM (Wang et al. 2024, SafeEdit): per instance, locate the toxic layer and tune its MLP
-output matrix towards the safe response with a KL constraint (:mod:`surgery_editor.methods.dinm.dinm`).
+output matrix towards the safe response with a KL constraint (:mod:`.dinm`; settings in
+:mod:`.hparams`, requests in :mod:`.requests`, the losses in :mod:`.losses`, the layer location
+in :mod:`.locate`, the tuned parameters in :mod:`.templates`).
 
 EasyEdit has its own DINM in ``ALG_DICT``, so this registration feeds only the harness
 (``in_alg_dict=False``); its ``backend`` option (``method.backend=auto|ours|easyeditor``) picks
-EasyEdit's implementation when importable (``auto``) or this project's."""
+EasyEdit's implementation when importable (``auto``) or this project's (:mod:`.easyedit_backend`)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any, Mapping
 
-from .dinm import DINMHyperParams, apply_dinm_to_model, dinm_backend, with_system_prompt
 from .. import Algorithm, register_algorithm
+from .._common import restore_weights
+from .dinm import apply_dinm_to_model
+from .easyedit_backend import dinm_backend
+from .hparams import DINMHyperParams
+from .locate import layer_distances, locate_toxic_layer
+from .losses import constraint_kl, encode_prompt_response, target_nll
+from .requests import request_from_safeedit, to_easyedit_request, validate_requests, with_system_prompt
+from .templates import default_module_templates, rewrite_param_names
 
 
 def _make_apply(options: Mapping[str, Any]):
@@ -41,3 +50,10 @@ register_algorithm(Algorithm(
     info_keys=("layers", "num_steps", "lr", "weight_decay", "kl_factor", "norm_constraint", "rewrite_module_tmp"),
     options={"backend": "auto"}, make_apply=_make_apply, in_alg_dict=False,
 ))
+
+
+__all__ = [
+    "DINMHyperParams", "apply_dinm_to_model", "locate_toxic_layer", "layer_distances", "restore_weights",
+    "dinm_backend", "validate_requests", "request_from_safeedit", "with_system_prompt", "to_easyedit_request",
+    "default_module_templates", "rewrite_param_names", "encode_prompt_response", "target_nll", "constraint_kl",
+]

@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .cache import config_hash
-from .fileio import atomic_dir
+from ...infra.cache import config_hash
+from ...infra.fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class SurgeryPatch:
         """EasyEdit's ``weights_copy``: full original tensors of every edited parameter, by
         names ``model.get_parameter`` resolves (built from the current, unedited model), in host
         memory (:func:`~surgery_editor.methods._common.originals`)."""
-        from .methods._common import originals
+        from .._common import originals
 
         return originals(model, [e.param_name for e in self.edits])
 

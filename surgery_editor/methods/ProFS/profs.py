@@ -31,50 +31,17 @@ random`` is the control: a seeded random orthonormal basis of the same rank in e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from ... import architectures as arch
-from ...hparams import _help
-from .. import Algorithm, register_algorithm
 from .._common import keep_weights, originals, start_edit
-from .._pairs import PairMethodKeys
+from .hparams import ProFSHyperParams
+
 
 logger = logging.getLogger(__name__)
-
-ALG_NAME = "ProFS"
-
-
-@dataclass
-class ProFSHyperParams(PairMethodKeys):
-    ALG_NAME: ClassVar[str] = ALG_NAME
-
-    layers: List[int] = _help("blocks whose MLP output matrix is projected (paper, GPT-2 medium: 10..23 of 24)",
-                              [])
-    rank: int = _help("dimension k of the toxic subspace per layer (paper: 2 for GPT-2, 10 for 7B models)", 2)
-    centering: bool = _help("remove the top singular vector of the non-toxic embeddings first (paper: true)", True)
-    strength: float = _help("s in W <- (I - s U U^T) W; 1 = ProFS's projection", 1.0)
-    subspace: str = _help("'toxic' (the method) or 'random' (control: same rank, seeded random directions)", "toxic")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_choice("subspace", ("toxic", "random"))
-        self.check_range("rank", 1)
-        self.check_range("strength", 0, 1, low_open=True)
-        if not self.layers:
-            raise ValueError("layers must list at least one block, e.g. [15, 16, ..., 29]")
-
-    def check_data(self) -> None:
-        """The pairs, at least ``rank`` of them for the toxic subspace (the random control
-        reads none)."""
-        if self.subspace == "toxic":
-            n = self.pair_count()
-            if n < self.rank:
-                raise ValueError(f"pairs {self.pairs.get('path')!r}: {n} pair(s), fewer than rank={self.rank}; "
-                                 "a rank-k toxic subspace needs at least k pairs")
 
 
 def toxic_subspace(toxic: torch.Tensor, non_toxic: torch.Tensor, rank: int, centering: bool = True) -> torch.Tensor:
@@ -160,14 +127,3 @@ def apply_profs_to_model(model: nn.Module, tok, requests: Any, hparams: ProFSHyp
     if isinstance(info, dict):
         info.update({"layers": sorted(bases), "rank": hparams.rank, "subspace": hparams.subspace})
     return model, weights_copy
-
-
-register_algorithm(Algorithm(
-    name=ALG_NAME, hparams_cls=ProFSHyperParams, apply=apply_profs_to_model,
-    description="ProFS (Uppaal et al. 2025): project a toxic subspace out of the MLP output matrices",
-    controls={"ProFS_random": {"subspace": "random"}},
-    info_keys=("layers", "rank", "centering", "strength", "pooling", "subspace"),
-))
-
-__all__ = ["ProFSHyperParams", "apply_profs_to_model", "toxic_subspace", "project_out", "output_basis",
-           "compute_subspaces"]

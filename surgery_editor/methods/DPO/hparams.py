@@ -28,7 +28,7 @@ class DPOHyperParams(EasyEditKeys):
 
     # ---- preference data --------------------------------------------------------------
     pairs: Dict[str, Any] = _help(
-        "preference data config (surgery_editor.methods.dpo.pairs.PairDataConfig): path + chosen_column/"
+        "preference data config (surgery_editor.methods.DPO.pairs.PairDataConfig): path + chosen_column/"
         "rejected_column (one pair per row, e.g. ParaDetox neutral1/toxic) or response_column/label_column/"
         "chosen_values/group_column (labelled responses, e.g. JailbreakBench refused vs jailbroken); optional "
         "prompt_column, prompt_mode (common_prefix|empty), chat", DEFAULT_PAIRS)

@@ -38,9 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from .extras import require
-from .fileio import decode_text
-from .registry import did_you_mean, register
+from ..infra.extras import require
+from ..infra.fileio import decode_text
+from ..infra.registry import did_you_mean, register
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class HFClassifierJudge:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             classifier = AutoModelForSequenceClassification.from_pretrained(model, **load_kwargs)
         except OSError as err:
-            from .models import load_failure
+            from ..models import load_failure
 
             raise OSError(load_failure(
                 f"judge 'hf:{model}'", Path(model), err,
@@ -441,7 +441,7 @@ def build_safety_pipeline(ngram_max: int = 1, min_df: int = 2, C: float = 10.0, 
 
 
 def _training_file(judge: str, path: str, data_dir: Optional[str]) -> Path:
-    from .data import find_file
+    from ..data import find_file
 
     return find_file(path, data_dir, f"judge {judge!r}: training data",
                      "; pass path=... or data_dir=... (the run's data_dir), or set SURGERY_EDITOR_DATA_DIR")
@@ -574,7 +574,7 @@ def load_rtp_labelled(path: str = RTP_PATH, data_dir: Optional[str] = None, held
     file is read by :func:`surgery_editor.data.load_table` (a local file, or a hub id such as
     ``allenai/real-toxicity-prompts``). Returns (texts, labels, sha256 of the texts and labels
     read)."""
-    from .data import load_table
+    from ..data import load_table
 
     try:
         frame, source = load_table(path, data_dir, what="judge 'toxicity': RTP file")

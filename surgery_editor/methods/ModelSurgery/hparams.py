@@ -130,7 +130,7 @@ class ModelSurgeryHyperParams(EasyEditKeys):
     # ------------------------------------------------------------------------------------
     def check_data(self) -> None:
         """``probe_source: dataset``: ``probe_data`` is read and checked as the edit reads it
-        (:func:`~surgery_editor.methods.model_surgery.surgery.probe_texts`)."""
+        (:func:`~surgery_editor.methods.ModelSurgery.surgery.probe_texts`)."""
         if self.probe_source == "dataset":
             from .surgery import probe_texts
 
