@@ -9,7 +9,7 @@ tokenizer and the texts themselves.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from .infra.cache import TensorCache, config_hash, stable_hash, weights_fingerpr
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "rms_mean", "last")
+POOLINGS = ("mean", "rms_mean", "last", "max")
 # where pooled_block_outputs reads: a block's output (the residual stream after it), or the
 # input of its MLP as the gate sees it (the output of the norm in front of the MLP)
 SITES = ("block_out", "mlp_in")
@@ -68,8 +68,11 @@ def _right_padded_batches(tok, texts: Sequence[str], max_length: int, batch_size
 
 def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Mean over real tokens of ``h`` (``rms_mean``: of ``h / rms(h)``; ``last``: the last real
-    token's state, which predicts what comes next), float32. Padding is on the right."""
+    token's state, which predicts what comes next; ``max``: each unit's largest value over the
+    real tokens), float32. Padding is on the right."""
     h = h.float()
+    if pooling == "max":
+        return h.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(dim=1)
     if pooling == "last":
         last = mask.sum(dim=1).long().clamp(min=1) - 1
         return h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]
@@ -248,3 +251,59 @@ def cached_pooled_block_outputs(model, tok, texts: Sequence[str], data_hash: str
         valid = f"0..{all_layers[-1]}" + (" (-1 = embeddings)" if first == -1 else "")
         raise ValueError(f"layer(s) {bad} out of range: blocks are {valid}")
     return {int(i): stacked[int(i) - first] for i in layers}
+
+
+@torch.inference_mode()
+def pooled_module_outputs(model: nn.Module, tok, texts: Sequence[str], modules: Mapping[str, nn.Module], *,
+                          pooling: str = "max", max_length: int = 128, batch_size: int = 32,
+                          show_progress: bool = True) -> Dict[str, torch.Tensor]:
+    """``{name: (len(texts), width) float32}``: the output of each of ``modules`` (``name`` ->
+    module, e.g. MLP projections) pooled over each text's real tokens (:data:`POOLINGS`), all
+    from one forward pass per batch (forward hooks)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not valid; choose one of {list(POOLINGS)}")
+    if len(texts) == 0:
+        raise ValueError("no texts to embed")
+    ensure_pad_token(tok)
+    device = model_device(model)
+    decoder = _decoder(model)
+    batch: dict = {}
+    out: Dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(_module, _inputs, output):  # pooled at once: a batch never holds every module's output
+            pooled = _pool(output[0] if isinstance(output, tuple) else output, batch["mask"], pooling).cpu()
+            if name not in out:
+                out[name] = torch.empty(len(texts), pooled.shape[-1])
+            out[name][batch["idx"]] = pooled
+        return fn
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        for idx, enc, mask in _right_padded_batches(tok, texts, max_length, batch_size, device, "module outputs",
+                                                    show_progress):
+            batch.update(idx=idx, mask=mask)
+            decoder(input_ids=enc["input_ids"].to(device), attention_mask=mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def cached_pooled_module_outputs(model, tok, texts: Sequence[str], data_hash: str, modules: Mapping[str, nn.Module],
+                                 *, pooling: str, max_length: int, batch_size: int, cache_dir: Optional[str] = None,
+                                 fingerprint: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """:func:`pooled_module_outputs`, read from / written to the activation cache (keyed by the
+    module names, so another subset of them is another entry)."""
+    ensure_pad_token(tok)
+    cache = TensorCache("module_outputs", cache_dir)
+    key = activation_key(model, tok, sorted(modules), pooling, max_length, data_hash, fingerprint)
+    hit = cache.get(key)
+    if hit is not None and set(hit[0]) == set(modules) and all(t.shape[0] == len(texts) for t in hit[0].values()):
+        logger.info("module outputs: cache hit %s", cache.path(key))
+        return hit[0]
+    out = pooled_module_outputs(model, tok, texts, modules, pooling=pooling, max_length=max_length,
+                                batch_size=batch_size)
+    cache.put(key, out, {"pooling": pooling, "n": len(texts), "modules": sorted(modules)})
+    return out
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,11 @@ class ArchSpec:
     mlp_out_norm_tmp: a norm between the MLP output and the residual stream (Gemma-2/3's
         ``post_feedforward_layernorm``), or ``None`` when the MLP output is added as it is.
     embed_module: the input embedding (its forward may scale by ``embed_scale``, as Gemma's does).
+    mlp_up_tmp: layer ``{}``'s MLP input projection that is not a gate: a gated MLP's up
+        projection (its output multiplies the activated gate), or, for a plain MLP (GPT-2),
+        the input projection whose output goes through the activation (then equal to
+        ``gate_module_tmp``, and the family has no separate gate). Stored like the gate
+        (``rows_are_columns``).
     """
 
     gate_module_tmp: str
@@ -51,6 +56,7 @@ class ArchSpec:
     mlp_out_transposed: bool = False
     mlp_out_norm_tmp: Optional[str] = None
     embed_module: Optional[str] = "model.embed_tokens"
+    mlp_up_tmp: Optional[str] = "model.layers.{}.mlp.up_proj"
 
 
 _LLAMA_LIKE = ArchSpec(
@@ -74,6 +80,7 @@ _GPT2 = ArchSpec(
     mlp_out_tmp="transformer.h.{}.mlp.c_proj",
     mlp_out_transposed=True,
     embed_module="transformer.wte",
+    mlp_up_tmp="transformer.h.{}.mlp.c_fc",
 )
 
 ARCHITECTURES: Dict[str, ArchSpec] = {
@@ -188,6 +195,39 @@ def mlp_out_module(model: nn.Module, spec: ArchSpec, layer: int) -> nn.Module:
     if not spec.mlp_out_tmp:
         raise ValueError(f"no MLP output projection known for {getattr(model.config, 'model_type', '?')}")
     return get_module(model, spec.mlp_out_tmp.format(layer), "MLP output projection")
+
+
+MLP_PROJECTIONS = ("gate", "up", "down")
+
+
+def mlp_projections(spec: ArchSpec) -> Dict[str, Tuple[str, bool]]:
+    """The MLP linear layers this architecture has, by abstract name: ``{name: (module path
+    template, stored (d_in, d_out))}``. ``gate``: a gated MLP's gate (its output goes through
+    the activation); ``up``: the input projection that is not a gate (a gated MLP's up
+    projection; GPT-2's ``c_fc``); ``down``: the output projection."""
+    found: Dict[str, Tuple[str, bool]] = {}
+    if spec.mlp_up_tmp and spec.mlp_up_tmp != spec.gate_module_tmp:
+        found["gate"] = (spec.gate_module_tmp, spec.rows_are_columns)
+    if spec.mlp_up_tmp:
+        found["up"] = (spec.mlp_up_tmp, spec.rows_are_columns)
+    if spec.mlp_out_tmp:
+        found["down"] = (spec.mlp_out_tmp, spec.mlp_out_transposed)
+    return found
+
+
+def mlp_projection(model: nn.Module, spec: ArchSpec, name: str, layer: int, key: str = "modules") -> Tuple[str, bool]:
+    """``(module path, stored (d_in, d_out))`` of layer ``layer``'s MLP projection ``name`` (one of
+    :data:`MLP_PROJECTIONS`), or a ``ValueError`` naming ``key``, the model type and the names
+    this architecture has; the module must exist in ``model``."""
+    known = mlp_projections(spec)
+    if name not in known:
+        raise ValueError(f"{key}: {name!r} is not an MLP projection of model_type "
+                         f"{getattr(model.config, 'model_type', '?')!r}; valid: {list(known)} "
+                         "(register the family's layout with register_architecture())")
+    template, transposed = known[name]
+    path = template.format(layer)
+    get_module(model, path, f"{key}: MLP projection {name!r}")
+    return path, transposed
 
 
 def mlp_out_gain(model: nn.Module, spec: ArchSpec, layer: int) -> Optional[torch.Tensor]:
