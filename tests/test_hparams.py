@@ -68,7 +68,7 @@ def test_missing_file():
     (dict(top_k_fraction=0.1), "exactly one of top_k"),
     (dict(top_k=0), "top_k must be a positive integer"),
     (dict(top_k=None, top_k_fraction=1.5), r"top_k_fraction must be in \(0, 1\]"),
-    (dict(scoring="fancy"), r"scoring='fancy' is not valid; choose one of \['cosine', 'norm_aware'\]"),
+    (dict(scoring="fancy"), r"scoring='fancy' is not valid; choose one of \['cosine', 'norm_aware', 'activation_auroc', 'activation_difference', 'writes'\]"),
     (dict(probe_data=None), "probe_source: dataset needs probe_data"),
     (dict(probe_val_fraction=1.0), "probe_val_fraction"),
     (dict(probe_epochs=0), "probe_epochs must be >= 1"),

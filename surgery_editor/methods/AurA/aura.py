@@ -23,42 +23,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Tuple
 
-import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from ... import architectures as arch
 from ...activations import cached_pooled_module_outputs
 from .._common import keep_weights, originals, start_edit
+from .._neurons import auroc_per_neuron
 from .hparams import AurAHyperParams
 
 logger = logging.getLogger(__name__)
-
-RANK_CHUNK = 2048  # columns ranked at once (a float64 rank matrix of n_texts x RANK_CHUNK)
-
-
-def auroc_per_neuron(responses: torch.Tensor, labels: Any) -> torch.Tensor:
-    """``(n_neurons,)`` float64: column j's AUROC at scoring class 1 above class 0, from the
-    Mann-Whitney rank sum (ties share their average rank). ``responses``: ``(n_texts, n_neurons)``;
-    ``labels``: ``n_texts`` values in {0, 1}, both present."""
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if responses.dim() != 2 or responses.shape[0] != labels.shape[0]:
-        raise ValueError(f"responses {tuple(responses.shape)} and labels ({labels.shape[0]},) do not match: "
-                         "expected (n_texts, n_neurons) and n_texts labels")
-    if not set(np.unique(labels).tolist()) <= {0, 1}:
-        raise ValueError(f"labels must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()))}")
-    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs texts of both classes; got {n_pos} toxic and {n_neg} non-toxic")
-    x = responses.detach().cpu().double().numpy()
-    pos = labels.astype(bool)
-    out = np.empty(x.shape[1])
-    for start in range(0, x.shape[1], RANK_CHUNK):
-        ranks = rankdata(x[:, start : start + RANK_CHUNK], axis=0)
-        out[start : start + RANK_CHUNK] = (ranks[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return torch.from_numpy(out)
-
 
 def aura_factors(auroc: torch.Tensor) -> torch.Tensor:
     """AurA's factor per neuron: ``1 − 2 (AUROC − 0.5)`` where AUROC > 0.5, else 1 (float32)."""

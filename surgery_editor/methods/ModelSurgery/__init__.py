@@ -24,7 +24,7 @@ register_algorithm(Algorithm(
     controls={"ModelSurgery_random": {"edit_direction": "random"}},
     exclusive=(("top_k", "top_k_fraction"),),
     info_keys=("probe_source", "probe_mode", "probe_layer", "probe_pooling", "top_k", "top_k_fraction", "alpha",
-               "scoring", "step", "budget", "select", "edit_direction", "edit_layers"),
+               "scoring", "neuron_pooling", "step", "budget", "select", "edit_direction", "edit_layers"),
 ))
 register_alias("random", "ModelSurgery_random")
 

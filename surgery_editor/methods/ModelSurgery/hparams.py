@@ -25,7 +25,8 @@ _CHOICES = {
     "budget": ("global", "per_layer"),
     "probe_direction": ("toxic_row", "row_difference"),
     "select": ("most_opposed", "most_aligned"),
-    "scoring": ("cosine", "norm_aware"),
+    "scoring": ("cosine", "norm_aware", "activation_auroc", "activation_difference", "writes"),
+    "neuron_pooling": ("max", "mean"),
     "step": ("absolute", "row_norm"),
     "edit_direction": ("probe", "random"),
 }
@@ -75,9 +76,15 @@ class ModelSurgeryHyperParams(EasyEditKeys):
     alpha: float = _help("step size: row <- row + alpha * w (paper detox: 1.08); negative reverses", 1.08)
     select: str = _help("'most_opposed': top-K of -cos(row, w) (paper); 'most_aligned': top-K of +cos", "most_opposed")
     scoring: str = _help(
-        "'cosine': cos(row, w) in weight space (paper); 'norm_aware': cos(row*gain_l, w_res) through "
-        "the RMSNorm gains that feed the gate and produce the probed state", "cosine"
+        "how rows are ranked (each score says how much the neuron goes with the behaviour; 'select' takes the "
+        "lowest or highest): 'cosine': cos(row, w) in weight space (paper); 'norm_aware': cos(row*gain_l, w_res) "
+        "through the RMSNorm gains that feed the gate and produce the probed state; by what the neuron does on "
+        "probe_data: 'activation_auroc': AUROC - 0.5 of its gate response (pooled per neuron_pooling) at telling "
+        "class 1 from class 0, as AurA scores neurons; 'activation_difference': its mean response on class 1 "
+        "minus class 0; by what it writes: 'writes': cos(its down-projection column, w)", "cosine"
     )
+    neuron_pooling: str = _help("activation_* scoring: the gate response pooled over a text's tokens, 'max' (AurA) "
+                                "or 'mean'", "max")
     step: str = _help("'absolute': alpha * w (paper); 'row_norm': alpha * |row| * w/|w|", "absolute")
     budget: str = _help("'global': the top-K rows over all candidate layers (paper); 'per_layer': K split evenly "
                         "over the candidate layers, the top of each", "global")
@@ -119,7 +126,9 @@ class ModelSurgeryHyperParams(EasyEditKeys):
             raise ValueError("probe_source: dataset needs probe_data (a data-set config with at least `path`)")
         if self.probe_data is not None and not isinstance(self.probe_data, dict):
             raise ValueError(f"probe_data must be a mapping, got {type(self.probe_data).__name__}")
-        if self.probe_mode == "layerwise" and self.scoring != "cosine":
+        if self.scoring.startswith("activation_") and self.probe_source != "dataset":
+            raise ValueError(f"scoring={self.scoring!r} scores neurons on probe_data; it needs probe_source: dataset")
+        if self.probe_mode == "layerwise" and self.scoring == "norm_aware":
             raise ValueError(f"scoring={self.scoring!r} does not apply to probe_mode=layerwise (its directions "
                              "already live in each gate's own input space); use scoring: cosine")
         if self.probe_mode == "layerwise" and self.probe_source != "dataset":

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from ... import architectures as arch
-from ...activations import (cached_pooled_block_outputs, cached_pooled_hidden_states, ensure_pad_token,
+from ...activations import (cached_pooled_block_outputs, cached_pooled_module_outputs, cached_pooled_hidden_states, ensure_pad_token,
                             pooled_hidden_states)
 from ...infra.cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 from ...data import LabelledTexts, load_probe_texts
+from .._neurons import auroc_per_neuron, mean_difference_per_neuron
 from .hparams import ModelSurgeryHyperParams
 from .patch import RowEdit, SurgeryPatch
 from .probe import LinearProbe, check_probe_labels, train_probe
@@ -202,6 +203,65 @@ def _cosine_scores(model, spec, directions: Dict[int, torch.Tensor],
     return scores
 
 
+def _write_scores(model, spec, directions: Dict[int, torch.Tensor],
+                  hparams: ModelSurgeryHyperParams) -> Dict[int, torch.Tensor]:
+    """``scoring: writes``: ``{layer: sign * cos(down column j, d_layer)}``, neuron j's
+    down-projection column (through the post-MLP norm's gain where the architecture has one) as
+    what the neuron adds to the residual stream; sign -1 for ``most_opposed``."""
+    sign = -1.0 if hparams.select == "most_opposed" else 1.0
+    scores = {}
+    for layer, d in directions.items():
+        path, transposed = arch.mlp_projection(model, spec, "down", layer, key="scoring: writes")
+        weight = model.get_submodule(path).weight.detach().float()
+        columns = weight if transposed else weight.t()  # (n_neurons, d_model)
+        gain = arch.mlp_out_gain(model, spec, layer)
+        if gain is not None:
+            columns = columns * gain.to(columns.device)
+        scores[layer] = (sign * torch.nn.functional.cosine_similarity(
+            columns, d.float().to(columns.device).unsqueeze(0), dim=1)).cpu()
+    return scores
+
+
+def neuron_statistics(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, layers: Sequence[int],
+                      fingerprint: Optional[str] = None) -> Dict[int, torch.Tensor]:
+    """``scoring: activation_*``: per candidate layer, each gate neuron's ``AUROC - 0.5``
+    (``activation_auroc``) or class-1-minus-class-0 mean (``activation_difference``) of its gate
+    output pooled over each probe text (``neuron_pooling``), from one cached forward pass."""
+    data = probe_texts(hparams)
+    spec = _spec(model, hparams)
+    paths = {layer: arch.gate_param_name(spec, layer)[: -len(".weight")] for layer in layers}
+    responses = cached_pooled_module_outputs(
+        model, tok, data.texts, data.content_hash(), {p: model.get_submodule(p) for p in paths.values()},
+        pooling=hparams.neuron_pooling, max_length=hparams.probe_max_length,
+        batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir, fingerprint=fingerprint)
+    if hparams.scoring == "activation_auroc":
+        return {layer: auroc_per_neuron(responses[p], data.labels) - 0.5 for layer, p in paths.items()}
+    return {layer: mean_difference_per_neuron(responses[p], data.labels) for layer, p in paths.items()}
+
+
+def _row_scores(model, spec, w, directions, layers, hparams,
+                neuron_stats: Optional[Dict[int, torch.Tensor]]) -> Dict[int, torch.Tensor]:
+    """Per candidate layer, the fp32 score of every gate row under ``hparams.scoring`` (higher =
+    selected first)."""
+    if hparams.scoring.startswith("activation_"):
+        if neuron_stats is None or set(neuron_stats) != set(layers):
+            raise ValueError(f"scoring={hparams.scoring!r} needs each candidate layer's neuron statistics on "
+                             "probe_data (neuron_statistics; compute_patch collects them)")
+        sign = -1.0 if hparams.select == "most_opposed" else 1.0
+        return {layer: (sign * neuron_stats[layer]).float() for layer in layers}
+    if hparams.scoring == "writes":
+        # into the residual stream: a direction read after an RMSNorm is d * gain there
+        if directions is None:
+            d = w.float() * arch.norm_gain(model, spec, None) if _probe_reads_final_norm(model, hparams) else w
+            directions = {layer: d for layer in layers}
+        else:
+            directions = {layer: d.float() * arch.norm_gain(model, spec, layer) for layer, d in directions.items()}
+        return _write_scores(model, spec, directions, hparams)
+    if directions is None:
+        return score_rows(model, spec, w, layers, hparams)
+    return _cosine_scores(model, spec, directions, hparams)
+
+
 def resolve_top_k(total: int, hparams: ModelSurgeryHyperParams) -> int:
     k = int(hparams.top_k) if hparams.top_k is not None else int(round(hparams.top_k_fraction * total))
     if not 1 <= k <= total:
@@ -300,10 +360,11 @@ def check_selection(model: nn.Module, hparams: ModelSurgeryHyperParams) -> None:
 @torch.no_grad()
 def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurgeryHyperParams,
                 probe: Optional[LinearProbe] = None, metadata: Optional[Dict[str, Any]] = None,
-                directions: Optional[Dict[int, torch.Tensor]] = None) -> SurgeryPatch:
+                directions: Optional[Dict[int, torch.Tensor]] = None,
+                neuron_stats: Optional[Dict[int, torch.Tensor]] = None) -> SurgeryPatch:
     """Score, select and compute the edited rows for direction ``w`` (or, layer-wise, for
     ``directions = {layer: w_l}``, which then also fixes the candidate layers); the model is not
-    changed."""
+    changed. ``neuron_stats`` (:func:`neuron_statistics`) scores the rows for ``activation_*``."""
     spec = _spec(model, hparams)
     hidden = arch.gate_rows(model.get_parameter(arch.gate_param_name(spec, 0)), spec).shape[1]
     for name_, vec in ([("probe direction", w)] if directions is None else
@@ -314,12 +375,12 @@ def build_patch(model: nn.Module, w: Optional[torch.Tensor], hparams: ModelSurge
     gen = torch.Generator().manual_seed(hparams.seed)
     if directions is None:
         layers = candidate_layers(model, hparams.edit_layers)
-        scores = score_rows(model, spec, w, layers, hparams)
+        scores = _row_scores(model, spec, w, None, layers, hparams, neuron_stats)
         v = _edit_vector(model, spec, w.float().cpu(), hparams, gen)
         vectors = {layer: v for layer in layers}
     else:
         layers = candidate_layers(model, list(directions))
-        scores = _cosine_scores(model, spec, directions, hparams)
+        scores = _row_scores(model, spec, None, directions, layers, hparams, neuron_stats)
         vectors = {layer: directions[layer].float().cpu() for layer in layers}
         if hparams.edit_direction == "random":
             vectors = {layer: _random_like(vectors[layer], gen) for layer in layers}
@@ -394,16 +455,18 @@ def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
         if use_cache and key in _PATCH_CACHE:
             _PATCH_CACHE.move_to_end(key)
             return _PATCH_CACHE[key]
+        layers = candidate_layers(model, hparams.edit_layers)
+        stats = (neuron_statistics(model, tok, hparams, layers, fingerprint)
+                 if hparams.scoring.startswith("activation_") else None)
         if hparams.probe_mode == "layerwise":
-            layers = candidate_layers(model, hparams.edit_layers)
             directions, info = layer_directions(model, tok, hparams, layers, fingerprint)
-            patch = build_patch(model, None, hparams, directions=directions,
+            patch = build_patch(model, None, hparams, directions=directions, neuron_stats=stats,
                                 metadata={"probe_source": "dataset", "probe_mode": "layerwise", "probe": info,
                                           "probe_data": hparams.probe_data})
         else:
             probe = train_behaviour_probe(model, tok, hparams, fingerprint=fingerprint, use_cache=use_cache)
             w = probe.direction(hparams.probe_direction)
-            patch = build_patch(model, w, hparams, probe=probe,
+            patch = build_patch(model, w, hparams, probe=probe, neuron_stats=stats,
                                 metadata={"probe_source": "dataset", "probe": probe.info(),
                                           "probe_data": hparams.probe_data})
         if use_cache:
