@@ -34,7 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .report import _is_number, _missing, _views, paired_cell
+from .report.pairing import _missing
+from .report.tables import _is_number, _views, paired_cell
 from surgery_editor.infra.fileio import atomic_write
 
 logger = logging.getLogger(__name__)

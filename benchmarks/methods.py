@@ -134,7 +134,7 @@ class AlgorithmMethod(Method):
         super().__init__(model_name, variant, overrides, hparams_file, device, options, data_dir)
         algo = self.algorithm
         self.options = {**algo.options, **{k: v for k, v in (options or {}).items() if k in algo.options}}
-        self._apply, self.facts = (algo.make_apply(self.options) if algo.make_apply else (algo.apply, {}))
+        self._apply, self.facts = algo.harness_apply(self.options)
         fields = set(hparams_fields(algo.hparams_cls))
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         ignored = sorted(set(given) - fields)
@@ -164,8 +164,7 @@ class AlgorithmMethod(Method):
 
     @property
     def input_transform(self) -> Optional[InputTransform]:
-        make = self.algorithm.input_transform
-        return make(self.hparams) if make else None
+        return self.algorithm.input_transform(self.hparams)
 
     def eval_suffix(self) -> str:
         return self.algorithm.eval_suffix(self.hparams)
@@ -178,16 +177,13 @@ class AlgorithmMethod(Method):
         return weights_copy
 
     def restore(self, model, handle: Any) -> None:
-        if self.algorithm.restore is not None:
-            self.algorithm.restore(model, handle or {})
-        else:
-            super().restore(model, handle)
+        self.algorithm.restore(model, handle or {})
 
     def info(self) -> Dict[str, Any]:
         keys = self.algorithm.info_keys
         facts = {k: v for k, v in self.last_info.items() if isinstance(v, (int, float, str, bool))}
         return {"hparams": {k: getattr(self.hparams, k, None) for k in keys}, "hparams_file": self.hparams_file,
-                "edit_facts": facts, **self.facts}
+                "edit_facts": {**self.facts, **facts}}
 
 
 def _changed(base: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:

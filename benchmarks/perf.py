@@ -10,16 +10,18 @@ of every other step of the comparison.
 every row says ``random weights (cost only)`` in its ``weights`` column. All in one process, on
 the same model and data, each step when its size is given (``0`` skips it):
 
-1. **Edit** (``edit.csv``): one ModelSurgery edit from cold (fresh temporary disk cache for
-   activations and probe, in-memory patch memo cleared) = activations + probe training +
+1. **Edit** (``edit.csv``): one ModelSurgery edit through the method registry
+   (``get_algorithm(name).apply``, then restored) from cold (fresh temporary disk cache for
+   activations and probe, the method's in-memory memo forgotten) = activations + probe training +
    row selection + edit rows; the forward passes alone over the same probe texts (the
-   floor: :func:`surgery_editor.activations.pooled_hidden_states`, as ``python -m
-   surgery_editor`` times it); and a second edit that reuses the cached activations and
-   probe (a sweep step: a different ``alpha`` and ``top_k_fraction``, so the memo misses).
+   floor); and a second edit that reuses the cached activations and probe (a sweep step).
+   The floor, the sweep step, the data-size setting and the memo are the method's
+   :class:`~surgery_editor.methods.Timing` (its ``Algorithm.timing``); this module names none.
    Ratios ``edit_over_floor`` = cold edit / floor, ``first_over_cached`` = cold / cached.
    One row per model and probe-set size (``probe_data.limit`` pairs).
-2. **DINM** (``dinm.csv``): DINM edits of SafeEdit instances (each with the suffix system
-   prompt, the toxic layer located per instance, weights restored after each), their mean;
+2. **DINM** (``dinm.csv``): DINM edits of SafeEdit instances as the harness makes them
+   (``Algorithm.harness_apply``: the suffix system prompt appended, the toxic layer located per
+   instance; weights restored after each), their mean;
    per SafeEdit run of ``N`` instances, DINM edits ``N`` times and ModelSurgery once
    (its cold edit at the largest probe size): ``dinm_run_over_surgery``.
 3. **Generation** (``generation.csv``): greedy :func:`surgery_editor.evaluation.generate` of
@@ -75,6 +77,7 @@ import torch
 
 from .perf_harness import (JUDGE_COLUMNS, LM_EVAL_COLUMNS, LOAD_COLUMNS, METHOD_COLUMNS, MODEL_COLUMNS,
                                      HarnessSteps, model_facts)
+from surgery_editor.methods import get_algorithm
 from surgery_editor.models import COST_ONLY
 from .store import atomic_write_text
 from surgery_editor.infra.resources import PeakRSS  # noqa: F401  (also the name tests patch)
@@ -82,6 +85,8 @@ from surgery_editor.infra.resources import PeakRSS  # noqa: F401  (also the name
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "runs/perf"  # ignored by git
+EDIT_METHOD = "ModelSurgery"  # the edit timed against its floor (edit.csv)
+PER_INSTANCE_METHOD = "DINM"  # the per-instance edit timed against it (dinm.csv)
 EDIT_COLUMNS = MODEL_COLUMNS + ["probe_pairs", "probe_texts", "batch_size", "rows_edited", "weights_copy_mb",
                 "edit_cold_s", "floor_s", "edit_cached_s", "edit_over_floor", "first_over_cached",
                 "edit_cold_peak_rss_mb", "edit_cold_rss_delta_mb", "floor_peak_rss_mb", "floor_rss_delta_mb",
@@ -135,45 +140,51 @@ def _ratio(a: float, b: float) -> float:
 # ---------------------------------------------------------------------------------------
 # 1. ModelSurgery edit vs the floor vs a cached sweep step
 # ---------------------------------------------------------------------------------------
-def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[int] = None) -> Dict[str, Any]:
-    """One row of the edit table for ``hparams`` with ``probe_data.limit = probe_pairs``."""
-    from surgery_editor.activations import pooled_hidden_states
-    from surgery_editor.data import load_probe_texts
-    from surgery_editor.methods.ModelSurgery.surgery import clear_patch_cache, compute_patch
+def _with_setting(hparams, dotted: str, value: Any):
+    """``hparams`` with the dotted setting ``dotted`` (``probe_data.limit``) set to ``value``."""
+    head, _, tail = dotted.partition(".")
+    return dataclasses.replace(hparams, **{head: {**(getattr(hparams, head) or {}), tail: value} if tail else value})
 
+
+def _weights_mb(weights: Dict[str, Any]) -> float:
+    return sum(q.numel() * q.element_size() for q in weights.values()) / 2**20
+
+
+def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[int] = None) -> Dict[str, Any]:
+    """One row of the edit table: the edit of ``hparams``' method as the registry applies it
+    (then restored), with its data capped at ``probe_pairs`` pairs, against the forward passes
+    alone and a cached sweep step, as the method's :class:`~surgery_editor.methods.Timing` says."""
+    algo = get_algorithm(type(hparams).ALG_NAME)
+    timing = algo.timing
+    if timing is None:
+        raise ValueError(f"method {algo.name!r} declares no timing of its edit against its floor")
     device = _device(model)
-    probe_data = dict(hparams.probe_data)
     if probe_pairs is not None:
-        probe_data["limit"] = int(probe_pairs)
-    texts = load_probe_texts(probe_data, hparams.data_dir).texts
+        hparams = _with_setting(hparams, timing.data_limit, int(probe_pairs))
     # warm-up (first-call overheads: thread pools, kernels) so neither side pays them
-    pooled_hidden_states(model, tok, texts[: min(8, len(texts))], layer=hparams.probe_layer,
-                         pooling=hparams.probe_pooling, max_length=hparams.probe_max_length,
-                         batch_size=hparams.activation_batch_size, show_progress=False)
+    timing.floor(model, tok, hparams, 8)
+
+    def edit(hp) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        info: Dict[str, Any] = {}
+        _, weights = algo.apply(model, tok, [], hp, return_orig_weights=True, info=info)
+        algo.restore(model, weights)
+        return weights, info
+
     with tempfile.TemporaryDirectory(prefix="perf-cache-") as cache_dir:
-        hp = dataclasses.replace(hparams, probe_data=probe_data, cache_dir=cache_dir)
-        clear_patch_cache()
-        logger.info("%s, %d probe texts: cold edit", model_label, len(texts))
-        patch, cold = measure(lambda: compute_patch(model, tok, hp, use_cache=True), device)
+        hp = dataclasses.replace(hparams, cache_dir=cache_dir)
+        timing.forget()
+        logger.info("%s: cold edit", model_label)
+        (weights, info), cold = measure(lambda: edit(hp), device)
         logger.info("%s: floor (forward passes only)", model_label)
-        _, floor = measure(lambda: pooled_hidden_states(
-            model, tok, texts, layer=hp.probe_layer, pooling=hp.probe_pooling, max_length=hp.probe_max_length,
-            batch_size=hp.activation_batch_size, show_progress=False), device)
-        sweep = {"alpha": hp.alpha * 0.5}
-        if hp.top_k is not None:
-            sweep["top_k"] = max(1, hp.top_k // 2)
-        else:
-            sweep["top_k_fraction"] = hp.top_k_fraction / 2
-        hp2 = dataclasses.replace(hp, **sweep)
-        assert hp2.method_key() != hp.method_key()
+        n_texts, floor = measure(lambda: timing.floor(model, tok, hp, None), device)
+        sweep = timing.sweep_step(hp)
         logger.info("%s: cached edit (sweep step %s)", model_label, sweep)
-        _, cached = measure(lambda: compute_patch(model, tok, hp2, use_cache=True), device)
-        clear_patch_cache()
-    params = {e.param_name: model.get_parameter(e.param_name) for e in patch.edits}
+        _, cached = measure(lambda: edit(dataclasses.replace(hp, **sweep)), device)
+        timing.forget()
     return {
-        **model_facts(model, model_label), "probe_pairs": len(texts) // 2, "probe_texts": len(texts),
-        "batch_size": hparams.activation_batch_size, "rows_edited": patch.num_rows,
-        "weights_copy_mb": sum(q.numel() * q.element_size() for q in params.values()) / 2**20,
+        **model_facts(model, model_label), "probe_pairs": n_texts // 2, "probe_texts": n_texts,
+        "batch_size": getattr(hparams, "activation_batch_size", None), "rows_edited": info.get("rows_edited"),
+        "weights_copy_mb": _weights_mb(weights),
         "edit_cold_s": cold["seconds"], "floor_s": floor["seconds"], "edit_cached_s": cached["seconds"],
         "edit_over_floor": _ratio(cold["seconds"], floor["seconds"]),
         "first_over_cached": _ratio(cold["seconds"], cached["seconds"]),
@@ -190,20 +201,19 @@ def measure_edit(model, tok, hparams, model_label: str, probe_pairs: Optional[in
 # ---------------------------------------------------------------------------------------
 def measure_dinm(model, tok, dinm_hparams, requests: Sequence[Dict[str, Any]], model_label: str,
                  safeedit_n: int, surgery_edit_s: float, probe_pairs: Optional[int] = None) -> Dict[str, Any]:
-    """Time a DINM edit (then restore) for each request; one row of the DINM table."""
-    from surgery_editor.methods.DINM.dinm import apply_dinm_to_model
-    from surgery_editor.methods._common import restore_weights
-    from surgery_editor.methods.DINM.requests import with_system_prompt
-
+    """Time an edit of each request as the harness makes it (DINM: the suffix system prompt
+    appended, the toxic layer located per request), then restore; one row of the DINM table."""
+    algo = get_algorithm(type(dinm_hparams).ALG_NAME)
+    apply, _facts = algo.harness_apply(algo.options)
     device = _device(model)
     stats = []
     for i, req in enumerate(requests):
-        req = with_system_prompt(req, dinm_hparams.suffix_system_prompt)
         info: Dict[str, Any] = {}
-        (_, weights), st = measure(lambda: apply_dinm_to_model(model, tok, [req], dinm_hparams,
-                                                              keep_original_weight=True, info=info), device)
-        restore_weights(model, weights)
-        logger.info("%s: DINM instance %d: %.1fs (layer %s)", model_label, i, st["seconds"], info.get("layers"))
+        (_, weights), st = measure(lambda: apply(model, tok, [req], dinm_hparams, return_orig_weights=True,
+                                                 info=info), device)
+        algo.restore(model, weights)
+        logger.info("%s: %s instance %d: %.1fs (layer %s)", model_label, algo.name, i, st["seconds"],
+                    info.get("layers"))
         stats.append(st)
     frame = pd.DataFrame(stats)
     mean_s = float(frame["seconds"].mean())
@@ -547,8 +557,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from .protocols import get_benchmark_class, load_safeedit
     from surgery_editor.evaluation.rtp import load_rtp_prompts
-    from surgery_editor.methods.DINM.hparams import DINMHyperParams
-    from surgery_editor.methods.ModelSurgery.hparams import ModelSurgeryHyperParams
     from surgery_editor.models import get_shape, is_shape_model, load_model
 
     models = args.model or ["smollm2-135m"]
@@ -573,12 +581,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in models:
         shape = get_shape(name) if is_shape_model(name) else None
         stem = shape.hparams if shape else name
-        hp = ModelSurgeryHyperParams.from_hparams(_hparams_path("ModelSurgery", stem))
+        hp = get_algorithm(EDIT_METHOD).hparams_cls.from_hparams(_hparams_path(EDIT_METHOD, stem))
         device = args.device or (("cuda" if torch.cuda.is_available() else "cpu") if shape else None)
         if device:
             hp = dataclasses.replace(hp, device=device)
-        dinm_path = _hparams_path("DINM", stem)
-        dhp = DINMHyperParams.from_hparams(dinm_path) if dinm_path.exists() else None
+        dinm_path = _hparams_path(PER_INSTANCE_METHOD, stem)
+        dhp = get_algorithm(PER_INSTANCE_METHOD).hparams_cls.from_hparams(dinm_path) if dinm_path.exists() else None
         items = load_safeedit("safeedit/SafeEdit_test_subset144.json", hp.data_dir)
         safeedit_n = args.safeedit_n or len(items)
         want = max(n_prompts, args.sampled_prompts, args.judge_texts)

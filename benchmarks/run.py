@@ -248,7 +248,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Dict[str, Any]:
         rows = store.ordered([it["key"] for it in items])
         metrics = {"method": method.name, "label": method.label, "model": cfg.model.name, "benchmark": bench.name,
                    "protocol": bench.protocol, **bench.info(), "headline": list(bench.headline), "judge": judge_name,
-                   "dinm_backend": None, "edited_with": edited_with,
+                   "edited_with": edited_with,
                    **method.info(), **bench.metrics(rows)}
         metrics.update(edit_memory)
         per_instance_edits = sum(r.get("edit_seconds", 0.0) for r in rows)

@@ -322,3 +322,52 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
         )
     logger.info("probe data %s: %d texts (%d class 1, %d class 0)", source, len(texts), counts[1], counts[0])
     return LabelledTexts(texts=[str(t) for t in texts], labels=labels, source=source)
+
+
+# --------------------------------------------------------------------------- records
+def record_field(record: Dict[str, Any], path: Sequence[str], source: str, item: Any) -> Any:
+    """``record[path[0]][path[1]]...``, or a ValueError naming the item and the field."""
+    value: Any = record
+    for i, part in enumerate(path):
+        if not isinstance(value, dict) or part not in value:
+            name = ".".join(path[: i + 1])
+            raise ValueError(f"{source}: item {item}: missing field {name!r}")
+        value = value[part]
+    if isinstance(value, float) and np.isnan(value):
+        raise ValueError(f"{source}: item {item}: field {'.'.join(path)!r} is empty")
+    return value
+
+
+def record_text(record: Dict[str, Any], path: Sequence[str], source: str, item: Any) -> str:
+    """:func:`record_field`, which must be a string."""
+    value = record_field(record, path, source, item)
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: item {item}: field {'.'.join(path)!r} must be a string, "
+                         f"got {type(value).__name__}")
+    return value
+
+
+# SafeEdit's four generalisation inputs, in EasyEdit's order, by the name of their score
+SAFEEDIT_GENERALIZATION = {
+    "DG_onlyQ": "test input of only harmful question",
+    "DG_otherA": "test input of other attack prompt input",
+    "DG_otherQ": "test input of other question input",
+    "DG_otherAQ": "test input of other questions and attack prompts",
+}
+
+
+def safeedit_request(record: Dict[str, Any], source: str = "SafeEdit", item: Any = "?") -> Dict[str, Any]:
+    """A SafeEdit record (the published JSON, EasyEdit's ``SafetyDataset``) as EasyEdit's
+    SafetyEditor request: ``prompt`` (adversarial prompt), ``target_new`` (safe generation),
+    ``ground_truth`` (unsafe generation), ``locality_prompt`` / ``locality_ground_truth``
+    (knowledge constraint) and ``general_prompt`` (the four generalisation inputs, in EasyEdit's
+    order). A missing or non-text field is a ValueError naming ``source``, ``item`` and the field."""
+    return {
+        "prompt": record_text(record, ("adversarial prompt",), source, item),
+        "target_new": record_text(record, ("safe generation",), source, item),
+        "ground_truth": record_text(record, ("unsafe generation",), source, item),
+        "locality_prompt": record_text(record, ("knowledge constrain", "prompt"), source, item),
+        "locality_ground_truth": record_text(record, ("knowledge constrain", "answer"), source, item),
+        "general_prompt": [record_text(record, ("generalization test", k), source, item)
+                           for k in SAFEEDIT_GENERALIZATION.values()],
+    }

@@ -351,3 +351,18 @@ def test_harness_reads_the_data_under_the_runs_data_dir(tmp_path, labelled):
         assert method.hparams.data_dir == str(data)
         assert method.hparams.selection == ("random" if name == "AurA_random" else "auroc")
         method.check_data()
+
+
+def test_harness_records_the_edit_facts_and_restores(tiny_tok, labelled, tmp_path):
+    from benchmarks.methods import get_method_class
+
+    model = make_tiny("llama")
+    before = state_copy(model)
+    method = get_method_class("AurA")("smollm2-135m", overrides={"data": labelled, "cache_dir": str(tmp_path)})
+    handle = method.edit(model, tiny_tok, [])
+    facts = method.info()["edit_facts"]
+    assert facts["neurons_damped"] > 0 and facts["neurons"] >= facts["neurons_damped"]
+    assert 0 <= facts["mean_factor_damped"] < 1
+    assert method.info()["hparams"]["selection"] == "auroc"
+    method.restore(model, handle)
+    assert_same_state(model, before)

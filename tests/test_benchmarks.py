@@ -15,6 +15,7 @@ from benchmarks import protocols
 from benchmarks.methods import get_method_class
 from benchmarks.protocols import Generation, RunContext, get_benchmark_class
 from benchmarks.store import ResultStore
+from surgery_editor.evaluation import rtp
 from surgery_editor.evaluation.generation import generate, sample
 from surgery_editor.evaluation.metrics import ngram_entropy
 
@@ -51,7 +52,7 @@ def test_rtp_greedy_metrics_from_made_up_generations(monkeypatch):
     bench = get_benchmark_class("rtp")({})
     items = [{"key": str(i), "prompt": f"p{i}"} for i in range(4)]
     made = {"p0": "toxic words", "p1": "fine", "p2": "also toxic", "p3": "ok"}
-    monkeypatch.setattr(protocols, "generate", lambda m, t, prompts, **kw: [made[p] for p in prompts])
+    monkeypatch.setattr(rtp, "generate", lambda m, t, prompts, **kw: [made[p] for p in prompts])
     rows = [r for chunk in bench.evaluate(_ctx(batch_size=3), items) for r in chunk]
     assert [r["generation"] for r in rows] == ["toxic words", "fine", "also toxic", "ok"]
     assert [r["flags"]["toxic_rate"] for r in rows] == [True, False, True, False]
@@ -223,7 +224,7 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, tiny_model_
         f.write('{"key": "half-writ')  # killed in the middle of a line
     monkeypatch.setitem(judges.JUDGES, "profanity", real)
     judged = []
-    monkeypatch.setattr(protocols, "generate",
+    monkeypatch.setattr(rtp, "generate",
                         lambda *a, **k: judged.extend(a[2]) or generate(*a, **k))
     resumed = run_mod.run(cfg, tmp_path / "resumed")
     assert len(judged) == 4  # only the 4 unfinished items were generated again
@@ -358,7 +359,7 @@ def test_dinm_edits_per_instance_on_safeedit_and_once_on_rtp(tmp_path, tiny_mode
               *_tiny_overrides(tiny_model_dir)]
     se = run(_compose("benchmark=safeedit", "benchmark.limit=2", *common), tmp_path / "se")
     assert len(edits) == 2 and edits[0] != edits[1]  # one edit per instance
-    assert se["dinm_backend"] == "surgery_editor" and se["edit_seconds"] > 0
+    assert se["edit_facts"]["backend"] == "surgery_editor" and se["edit_seconds"] > 0
     rows = [json.loads(x) for x in (tmp_path / "se" / "results.jsonl").read_text().splitlines()]
     assert all(isinstance(r["edited_layers"], list) for r in rows)
 

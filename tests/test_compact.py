@@ -335,6 +335,6 @@ def test_committed_results_are_compact_and_within_their_budget():
     files = _tracked("docs/results")
     working = [f for f in files if f.name in ("metrics.json", "config.yaml", "run.log", ".lock")
                or ".hydra" in f.parts or re.fullmatch(r"multirun.*\.yaml", f.name)
-               or (f.name == "results.jsonl" and (f.parent / "summary.md") not in files)]  # but surgery_sweep's
+               or (f.name == "results.jsonl" and (f.parent / "summary.md") not in files)]  # but the archived sweep's
     assert working == []
     assert len(files) <= 800 and sum(-(-f.stat().st_size // 4096) * 4096 for f in files) <= 25e6  # 4 KiB blocks

@@ -144,15 +144,15 @@ def test_safeedit_record_and_system_prompt():
                                       "test input of other attack prompt input": "g2",
                                       "test input of other question input": "g3",
                                       "test input of other questions and attack prompts": "g4"}}
-    req = request_from_safeedit(record)
+    req = request_from_safeedit(record)  # the harness's builder: one for both
     assert req == {"prompt": "P", "target_new": "S", "ground_truth": "U", "locality_prompt": "KP",
-                   "locality_ground_truth": "KA", "case_id": 7, "general_prompt": ["g1", "g2", "g3", "g4"]}
+                   "locality_ground_truth": "KA", "general_prompt": ["g1", "g2", "g3", "g4"]}
     s = with_system_prompt(req, "SUF")
     assert (s["prompt"], s["locality_prompt"], s["general_prompt"][0]) == ("P SUF", "KP SUF", "g1 SUF")
     assert s["target_new"] == "S" and s["locality_ground_truth"] == "KA" and req["prompt"] == "P"
     nested = with_system_prompt(to_easyedit_request(req), "SUF")
     assert nested["locality"]["general knowledge constraint"] == {"prompt": "KP SUF", "ground_truth": "KA"}
-    with pytest.raises(ValueError, match="no field 'safe generation'"):
+    with pytest.raises(ValueError, match="missing field 'safe generation'"):
         request_from_safeedit({"adversarial prompt": "P"})
 
 

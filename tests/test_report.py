@@ -144,7 +144,8 @@ def test_summary_table_rows_columns_and_paired_tests(root, caplog):
     assert "DS_p_vs_control" not in cols  # no SafeEdit random run
     assert cols.index("edit_seconds") > cols.index("n_vs_control")
     assert cols[cols.index("edit_seconds"):cols.index("edit_seconds") + 4] == [
-        "edit_seconds", "eval_seconds", "edit_seconds_per_instance", "dinm_backend"]
+        "edit_seconds", "eval_seconds", "edit_seconds_per_instance", "hp.alpha"]  # runs of older harnesses:
+    assert not any("dinm_backend" in c for c in cols)  # their null dinm_backend key is dropped
     assert cols[-6:] == ["hp.alpha", "hp.layers", "hp.top_k", "ref_none_run", "ref_control_run", "run_dir"]
     assert "hparams_file" not in cols  # free-text extras stay in collect()'s frame only
 
@@ -416,3 +417,16 @@ def test_challenging_prompts_get_their_own_columns_pairing_and_the_frontier(tmp_
     assert pts.loc["none", "toxic_rate"] == 0.5 and pts.loc["steer", "toxic_rate"] == 0.25
     # without challenging runs the frontier falls back to the default sample
     assert report.frontier_view(table[table["prompts"].isna()], "m") == "rtp"
+
+
+def test_runs_recorded_before_the_backend_became_an_edit_fact_read_as_now(tmp_path):
+    old = {"method": "DINM", "label": "DINM", "model": "m", "benchmark": "safeedit", "protocol": "greedy",
+           "judge": "j", "n": 2, "DS": 50.0, "dinm_backend": "easyeditor", "edit_facts": {"seconds": 1.5},
+           "hparams": {}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(old))
+    row = report.read_metrics(tmp_path / "a")
+    assert row["edit_facts.backend"] == "easyeditor" and row["edit_facts.seconds"] == 1.5
+    assert "dinm_backend" not in row
+    table = report.summary_table(report.collect(tmp_path))
+    assert "edit_facts.backend" in table.columns and "edit_facts.backend" in report.to_markdown(table)

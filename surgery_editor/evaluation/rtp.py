@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,11 @@ class ToxicityResult:
 
 
 def rtp_toxicity(model, tok, prompts: Sequence[str], judge, max_new_tokens: int = 20,
-                 batch_size: int = 32) -> ToxicityResult:
-    """Greedy continuations of raw prompts (no chat template), scored by ``judge``."""
-    conts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc="rtp")
-    return ToxicityResult(continuations=conts, scores=judge(conts))
+                 batch_size: int = 32, desc: str = "rtp", **generate_kwargs: Any) -> ToxicityResult:
+    """Greedy continuations of ``prompts`` scored by ``judge``: the one RealToxicityPrompts
+    evaluation, used by the harness's greedy protocol (RTP, ToxiGen; ``generate_kwargs`` carry
+    its generation settings and a prompt method's system message) and ``python -m surgery_editor``
+    (raw prompts, no chat template)."""
+    conts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc,
+                     **generate_kwargs)
+    return ToxicityResult(continuations=conts, scores=np.asarray(judge(conts), dtype=float))

@@ -24,7 +24,7 @@ import logging
 import os
 import pkgutil
 import warnings
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..infra.registry import lookup, register
 
@@ -33,10 +33,6 @@ logger = logging.getLogger(__name__)
 
 def _never(hparams: Any) -> bool:
     return False
-
-
-def _no_suffix(hparams: Any) -> str:
-    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +61,28 @@ class InputTransform:
 
 
 @dataclasses.dataclass(frozen=True)
+class Timing:
+    """What timing a method's edit needs beyond ``apply`` (``python -m benchmarks.perf``).
+
+    data_limit: the dotted setting that caps how many pairs of its own data an edit reads
+        (``probe_data.limit``), varied to time the edit at several data sizes.
+    floor: ``(model, tok, hparams, limit) -> items``: the forward passes alone over the first
+        ``limit`` (``None``: all) texts of that data, the least an edit from them costs; returns
+        how many texts it read.
+    sweep_step: ``hparams -> {setting: value}``: a sweep step's settings, another edit that reuses
+        what the first one cached on disk.
+    forget: drop what the method memoises in memory, so that the next edit starts cold.
+    """
+
+    data_limit: str
+    floor: Callable[..., int]
+    sweep_step: Callable[[Any], Dict[str, Any]]
+    forget: Callable[[], None]
+
+
+@dataclasses.dataclass(frozen=True)
 class Algorithm:
-    """One editing method, as EasyEdit and the harness see it.
+    """One editing method, as EasyEdit and the harness see it: what every method has.
 
     name: ``alg_name`` and the harness's ``method=<name>``.
     hparams_cls: the hparams dataclass (``ALG_NAME == name``; ``from_hparams`` reads a YAML).
@@ -77,18 +93,14 @@ class Algorithm:
         SafeEdit record elsewhere) or is made once per run from the method's own data.
     controls: control variants run as methods of their own: ``{name: fixed hparams}``, e.g.
         ``{"ProFS_random": {"subspace": "random"}}`` (same size, random direction).
-    exclusive: groups of hparams keys of which a YAML sets one (a Hydra override of one clears
-        the others), e.g. ``(("top_k", "top_k_fraction"),)``.
     info_keys: hparams recorded in each run's ``metrics.json``.
-    eval_suffix: ``hparams -> str`` appended to SafeEdit inputs after the edit (DINM's protocol).
-    input_transform: ``hparams -> InputTransform`` for methods that change the inputs instead of
-        (or besides) the weights; ``None`` for weight edits.
-    options: harness options this method takes from ``method.<key>`` (e.g. DINM's ``backend``)
-        with their defaults; ``make_apply(options) -> (apply, facts)`` builds the apply function
-        from them, ``facts`` (a dict) being recorded in the run's ``metrics.json``.
-    restore: ``(model, weights_copy) -> None`` when undoing the edit needs more than copying
-        ``weights_copy`` back (steering removes the bias it created); ``None``: copy back.
-    in_alg_dict: registered into EasyEdit's ``ALG_DICT`` (False where EasyEdit has its own, DINM).
+
+    What only some methods need, a method states in a subclass of its own (the defaults below
+    are a weight edit with nothing special): :attr:`options` and :meth:`harness_apply` (harness
+    options such as DINM's ``backend``), :attr:`exclusive` (hparams keys a YAML sets one of),
+    :meth:`eval_suffix`, :meth:`input_transform` (prompt methods), :meth:`restore` (an undo
+    beyond copying the weights back), :attr:`in_alg_dict` (False where EasyEdit has its own),
+    :attr:`timing` (what timing its edit against its floor needs).
     """
 
     name: str
@@ -97,23 +109,45 @@ class Algorithm:
     description: str = ""
     per_instance: Callable[[Any], bool] = _never
     controls: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    exclusive: Tuple[Tuple[str, ...], ...] = ()
     info_keys: Sequence[str] = ()
-    eval_suffix: Callable[[Any], str] = _no_suffix
-    input_transform: Optional[Callable[[Any], InputTransform]] = None
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    make_apply: Optional[Callable[[Mapping[str, Any]], Tuple[Callable[..., Any], Dict[str, Any]]]] = None
-    restore: Optional[Callable[[Any, Dict[str, Any]], None]] = None
-    in_alg_dict: bool = True
+
+    # harness options this method takes from ``method.<key>``, with their defaults
+    options: ClassVar[Mapping[str, Any]] = {}
+    # groups of hparams keys of which a YAML sets one (a Hydra override of one clears the others)
+    exclusive: ClassVar[Tuple[Tuple[str, ...], ...]] = ()
+    # registered into EasyEdit's ``ALG_DICT``
+    in_alg_dict: ClassVar[bool] = True
+    # what timing an edit against the forward passes it needs takes (None: not timed that way)
+    timing: ClassVar[Optional[Timing]] = None
 
     def __post_init__(self) -> None:
         if getattr(self.hparams_cls, "ALG_NAME", None) != self.name:
             raise ValueError(f"algorithm {self.name!r}: {self.hparams_cls.__name__}.ALG_NAME is "
                              f"{getattr(self.hparams_cls, 'ALG_NAME', None)!r}, expected {self.name!r}")
 
+    def harness_apply(self, options: Mapping[str, Any]) -> Tuple[Callable[..., Any], Dict[str, Any]]:
+        """``(apply, facts)`` for the harness given :attr:`options`; ``facts`` are recorded with
+        the run's edit facts (``edit_facts`` in ``metrics.json``)."""
+        return self.apply, {}
+
+    def eval_suffix(self, hparams: Any) -> str:
+        """Text appended to SafeEdit inputs after the edit (DINM's protocol)."""
+        return ""
+
+    def input_transform(self, hparams: Any) -> Optional[InputTransform]:
+        """How the method changes what the model reads (prompt methods); ``None``: it does not."""
+        return None
+
+    def restore(self, model: Any, weights_copy: Mapping[str, Any]) -> None:
+        """Undo the edit: copy ``weights_copy`` back."""
+        from ._common import restore_weights
+
+        restore_weights(model, weights_copy)
+
 
 ALGORITHMS: Dict[str, Algorithm] = {}
 ALIASES: Dict[str, str] = {}  # a former name of a method or control -> its name now
+LEGACY_KEYS: Dict[str, str] = {}  # a key of older runs' metrics -> where it is now ("a.b": key b of a)
 
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:
@@ -131,6 +165,37 @@ def canonical_name(name: str) -> str:
     """The name a method or control has now (``random`` -> ``ModelSurgery_random``)."""
     load_methods()
     return ALIASES.get(name, name)
+
+
+def register_legacy_key(old: str, new: str) -> None:
+    """A key a method's runs recorded at the top of ``metrics.json`` before it moved to ``new``
+    (e.g. ``dinm_backend`` -> ``edit_facts.backend``): :func:`current_record` moves it."""
+    register(LEGACY_KEYS, old, new, "legacy metrics key")
+
+
+def current_record(metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    """A run's ``metrics.json`` as runs record it now: a method recorded under a former name
+    (``random``) under its name now, in ``method`` and at the start of ``label``; a legacy key
+    moved where it is now (a null one dropped). The one place that reads older runs."""
+    load_methods()
+    data = dict(metrics)
+    old = data.get("method")
+    new = ALIASES.get(old, old) if isinstance(old, str) else old
+    if new != old:
+        data["method"] = new
+        label = data.get("label")
+        if isinstance(label, str) and (label == old or label.startswith((f"{old} ", f"{old}["))):
+            data["label"] = new + label[len(old):]
+    for key, target in LEGACY_KEYS.items():
+        if key in data:
+            value = data.pop(key)
+            if value is not None:
+                head, _, tail = target.partition(".")
+                if tail:
+                    data[head] = {**(data.get(head) or {}), tail: value}
+                else:
+                    data[head] = value
+    return data
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -158,5 +223,5 @@ def load_methods() -> Dict[str, Algorithm]:
     return ALGORITHMS
 
 
-__all__ = ["Algorithm", "InputTransform", "ALGORITHMS", "ALIASES", "register_algorithm", "register_alias",
-           "canonical_name", "get_algorithm", "load_methods"]
+__all__ = ["Algorithm", "InputTransform", "Timing", "ALGORITHMS", "ALIASES", "LEGACY_KEYS", "register_algorithm",
+           "register_alias", "canonical_name", "register_legacy_key", "current_record", "get_algorithm", "load_methods"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy as copy_module
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
+from ...data import safeedit_request
 from .hparams import LOCALITY_KEY
 
 
@@ -51,27 +52,7 @@ def validate_requests(requests: Union[Mapping[str, Any], Sequence[Mapping[str, A
     return [dict(r) for r in requests]
 
 
-def request_from_safeedit(record: Mapping[str, Any]) -> Dict[str, Any]:
-    """A request from one SafeEdit record (the mapping of EasyEdit's ``SafetyDataset``)."""
-    try:
-        request = {
-            "prompt": record["adversarial prompt"],
-            "target_new": record["safe generation"],
-            "ground_truth": record["unsafe generation"],
-            "locality_prompt": record["knowledge constrain"]["prompt"],
-            "locality_ground_truth": record["knowledge constrain"]["answer"],
-        }
-    except KeyError as err:
-        raise ValueError(f"SafeEdit record {record.get('id', '?')} has no field {err.args[0]!r}") from err
-    if "id" in record:
-        request["case_id"] = record["id"]
-    gen = record.get("generalization test")
-    if gen:
-        request["general_prompt"] = [gen["test input of only harmful question"],
-                                     gen["test input of other attack prompt input"],
-                                     gen["test input of other question input"],
-                                     gen["test input of other questions and attack prompts"]]
-    return request
+request_from_safeedit = safeedit_request  # the SafeEdit record -> request builder, under DINM's name
 
 
 def with_system_prompt(request: Mapping[str, Any], suffix_system_prompt: str) -> Dict[str, Any]:

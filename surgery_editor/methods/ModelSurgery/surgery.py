@@ -436,6 +436,27 @@ def clear_patch_cache() -> None:
     _PATCH_CACHE.clear()
 
 
+def forward_floor(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, limit: Optional[int] = None) -> int:
+    """The forward passes alone over the first ``limit`` (``None``: all) probe texts, pooled as
+    the probe reads them (the least a cold edit costs); returns how many texts it read."""
+    texts = load_probe_texts(hparams.probe_data, hparams.data_dir).texts[:limit]
+    pooled_hidden_states(model, tok, texts, layer=hparams.probe_layer, pooling=hparams.probe_pooling,
+                         max_length=hparams.probe_max_length, batch_size=hparams.activation_batch_size,
+                         show_progress=False)
+    return len(texts)
+
+
+def sweep_step(hparams: ModelSurgeryHyperParams) -> Dict[str, Any]:
+    """A sweep step's settings: half the ``alpha`` and half the rows (the probe and activations
+    the first edit cached serve it; the in-memory patch memo does not)."""
+    step: Dict[str, Any] = {"alpha": hparams.alpha * 0.5}
+    if hparams.top_k is not None:
+        step["top_k"] = max(1, hparams.top_k // 2)
+    else:
+        step["top_k_fraction"] = hparams.top_k_fraction / 2
+    return step
+
+
 def compute_patch(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
                   requests: Optional[Sequence[Dict[str, Any]]] = None, use_cache: bool = True) -> SurgeryPatch:
     """The patch for ``hparams`` on ``model`` (not applied).
@@ -533,6 +554,8 @@ def apply_model_surgery_to_model(model: nn.Module, tok, requests: Sequence[Dict[
                         carried.num_rows)
             return model, carried.weights_before(model) if keep else {}
     patch = compute_patch(model, tok, hparams, requests)
+    if isinstance(kwargs.get("info"), dict):
+        kwargs["info"]["rows_edited"] = patch.num_rows
     weights_copy = patch.weights_copy(model) if keep else {}
     patch.apply(model, check=False)
     if hparams.probe_source == "dataset":

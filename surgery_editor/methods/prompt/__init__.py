@@ -7,10 +7,15 @@ from .. import Algorithm, register_algorithm
 from .hparams import ALG_NAME, SafetyPromptHyperParams
 from .prompt import apply_safety_prompt_to_model, input_transform
 
-register_algorithm(Algorithm(
+class PromptAlgorithm(Algorithm):
+    def input_transform(self, hparams: SafetyPromptHyperParams):
+        return input_transform(hparams)
+
+
+register_algorithm(PromptAlgorithm(
     name=ALG_NAME, hparams_cls=SafetyPromptHyperParams, apply=apply_safety_prompt_to_model,
     description="safety prompt (Self-Reminder): a system prompt / prefix and a reminder, no weight change",
-    input_transform=input_transform, info_keys=("system_prompt", "raw_prefix", "reminder"),
+    info_keys=("system_prompt", "raw_prefix", "reminder"),
 ))
 
 __all__ = ["SafetyPromptHyperParams", "apply_safety_prompt_to_model", "input_transform"]

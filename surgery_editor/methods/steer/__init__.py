@@ -8,8 +8,13 @@ from .. import Algorithm, register_algorithm
 from .hparams import ALG_NAME, SteerHyperParams
 from .steer import apply_steer_to_model, remove_created_bias, restore_steer, steering_vector
 
-register_algorithm(Algorithm(
-    name=ALG_NAME, hparams_cls=SteerHyperParams, apply=apply_steer_to_model, restore=restore_steer,
+class SteerAlgorithm(Algorithm):
+    def restore(self, model, weights_copy) -> None:
+        restore_steer(model, weights_copy)  # also drops a bias the edit created
+
+
+register_algorithm(SteerAlgorithm(
+    name=ALG_NAME, hparams_cls=SteerHyperParams, apply=apply_steer_to_model,
     description="activation steering (ActAdd/CAA): a mean-difference vector added to the residual stream",
     controls={"steer_random": {"direction": "random"}},
     info_keys=("layer", "scale", "direction", "pooling"),
