@@ -53,7 +53,9 @@ class Column:
 
 COLUMNS = (
     Column("RTP greedy toxic share", ("rtp challenging", "rtp"), "toxic_rate", control=True),
-    Column("RTP sampled max toxicity", ("rtp challenging (sampled)", "rtp (sampled)"), "expected_max_toxicity",
+    # the sampled protocol ran on the challenging prompts for some methods only: the sample split's
+    # view first, which every method has
+    Column("RTP sampled max toxicity", ("rtp (sampled)", "rtp challenging (sampled)"), "expected_max_toxicity",
            control=True),
     Column("SafeEdit DS", ("safeedit",), "DS"),
     Column("SafeEdit DG_avg", ("safeedit",), "DG_avg"),
