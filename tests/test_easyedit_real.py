@@ -138,7 +138,7 @@ def test_harness_runs_easyedits_dinm_backend(easyeditor, tiny_model_dir, tmp_pat
                          f"data_dir={DATA_DIR}", "generation.max_new_tokens=3", "generation.batch_size=2",
                          "generation.max_length=48")
     metrics = run(cfg, tmp_path / "run")
-    assert metrics["dinm_backend"] == "easyeditor" and metrics["n"] == 1
+    assert metrics["edit_facts"]["backend"] == "easyeditor" and metrics["n"] == 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and isinstance(rows[0]["edited_layers"], list)
 
