@@ -32,6 +32,16 @@ from prompts that the RTP benchmark never evaluates (it keeps prompt toxicity >=
       label_field: continuation.toxicity
       label_threshold: 0.5
       query: "`prompt.toxicity` < 0.5"
+
+``prompt_field`` makes each text the answer to a user turn; methods join the two with the
+model's chat template (:meth:`LabelledTexts.for_model`). E.g. JailbreakBench's answers, harmful
+(jailbroken) or refused, to the plain request::
+
+      path: jailbreakbench/jbb_judged_responses.jsonl
+      prompt_field: goal
+      text_field: response
+      label_field: jailbroken
+      positive_values: [true]
 """
 
 from __future__ import annotations
@@ -69,6 +79,12 @@ class ProbeDataConfig:
     positive_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-1 text column"})
     negative_column: Optional[str] = field(default=None, metadata={"help": "pair mode: class-0 text column"})
     prefix_field: Optional[str] = field(default=None, metadata={"help": "column whose text goes before text_field's"})
+    prompt_field: Optional[str] = field(
+        default=None, metadata={"help": "column with a user turn; text_field is then the model's answer to it, and "
+                                        "the two are joined by the model's chat template (see `chat`)"})
+    chat: Any = field(default="auto", metadata={
+        "help": "with prompt_field: true / false / 'auto' (the template when the tokenizer has one); without "
+                "a template the answer follows the prompt after a blank line"})
     label_threshold: Optional[float] = field(
         default=None, metadata={"help": "numeric labels: class 1 at or above this value (replaces positive_values)"})
     query: Optional[str] = field(
@@ -97,9 +113,15 @@ class ProbeDataConfig:
             raise ValueError(f"probe_data for {self.path!r}: labelled rows need both text_field and label_field")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"probe_data for {self.path!r}: limit must be >= 1, got {self.limit}")
-        if pair and (self.prefix_field is not None or self.label_threshold is not None):
-            raise ValueError(f"probe_data for {self.path!r}: prefix_field and label_threshold belong to labelled rows "
-                             "(text_field + label_field), not to pairs")
+        if pair and (self.prefix_field is not None or self.label_threshold is not None
+                     or self.prompt_field is not None):
+            raise ValueError(f"probe_data for {self.path!r}: prefix_field, prompt_field and label_threshold belong to "
+                             "labelled rows (text_field + label_field), not to pairs")
+        if self.prefix_field is not None and self.prompt_field is not None:
+            raise ValueError(f"probe_data for {self.path!r}: give prefix_field (plain text before the text) or "
+                             "prompt_field (a user turn, joined by the chat template), not both")
+        if self.chat not in (True, False, "auto"):
+            raise ValueError(f"probe_data for {self.path!r}: chat must be true, false or 'auto', got {self.chat!r}")
 
     @classmethod
     def from_dict(cls, config: Dict[str, Any]) -> "ProbeDataConfig":
@@ -122,16 +144,45 @@ def checked_data_config(cls: type, config: Any, what: str):
 
 @dataclass
 class LabelledTexts:
+    """Texts with labels. With ``prompts`` (probe data given a ``prompt_field``) each text is the
+    answer to its prompt, and :meth:`for_model` joins the two as the model reads a conversation;
+    code that feeds texts to a model calls it first."""
     texts: List[str]
     labels: np.ndarray  # int64, 1 = behaviour to avoid
     source: str
+    prompts: Optional[List[str]] = None
+    chat: Any = "auto"
 
     def content_hash(self) -> str:
         h = hashlib.sha256()
-        for text, label in zip(self.texts, self.labels.tolist()):
+        for i, (text, label) in enumerate(zip(self.texts, self.labels.tolist())):
             h.update(f"{label}\t{len(text)}\t".encode())
             h.update(text.encode("utf-8", "surrogatepass"))
+            if self.prompts is not None:
+                h.update(f"\tprompt {self.chat}\t{self.prompts[i]}".encode("utf-8", "surrogatepass"))
         return h.hexdigest()[:16]
+
+    def for_model(self, tok) -> "LabelledTexts":
+        """The texts as the model sees them: unchanged without prompts; otherwise each (prompt,
+        answer) as one user turn and the assistant's reply in ``tok``'s chat template (when
+        ``chat`` says so), or ``prompt + "\n\n" + answer``. The template's own leading BOS is
+        dropped where the tokenizer adds one, so a text holds a single BOS."""
+        if self.prompts is None:
+            return self
+        from .evaluation.generation import uses_chat
+
+        if uses_chat(tok, self.chat):
+            if getattr(tok, "chat_template", None) is None:
+                raise ValueError(f"{self.source}: probe_data chat: true, but the tokenizer has no chat template; "
+                                 "use chat: auto or false")
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": a}],
+                                             tokenize=False) for p, a in zip(self.prompts, self.texts)]
+            bos = getattr(tok, "bos_token", None)
+            if bos and tok("x").input_ids[:1] == [tok.bos_token_id]:
+                texts = [t[len(bos):] if t.startswith(bos) else t for t in texts]
+        else:
+            texts = [f"{p}\n\n{a}" for p, a in zip(self.prompts, self.texts)]
+        return LabelledTexts(texts=texts, labels=self.labels, source=self.source)
 
 
 _REPO_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -288,10 +339,13 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
             frame = frame.head(cfg.limit)
         texts = frame[cfg.positive_column].tolist() + frame[cfg.negative_column].tolist()
         labels = np.array([1] * len(frame) + [0] * len(frame), dtype=np.int64)
+        prompts = None
     else:
-        _require_columns(frame, [cfg.text_field, cfg.label_field] + ([cfg.prefix_field] if cfg.prefix_field else []),
-                         source)
+        extra = [c for c in (cfg.prefix_field, cfg.prompt_field) if c]
+        _require_columns(frame, [cfg.text_field, cfg.label_field] + extra, source)
         frame = frame[frame[cfg.text_field].map(_is_text).astype(bool)]
+        if cfg.prompt_field is not None:
+            frame = frame[frame[cfg.prompt_field].map(_is_text).astype(bool)]
         if cfg.prefix_field is not None:
             frame = frame.assign(**{cfg.text_field: frame[cfg.prefix_field].fillna("").astype(str)
                                     + frame[cfg.text_field]})
@@ -306,6 +360,7 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
         if cfg.limit is not None:
             frame, keys = frame.head(cfg.limit), keys.head(cfg.limit)
         texts = frame[cfg.text_field].tolist()
+        prompts = None if cfg.prompt_field is None else [str(p) for p in frame[cfg.prompt_field]]
         if cfg.label_threshold is not None:
             labels = _threshold_labels(keys, cfg.label_threshold, cfg.label_field, source)
         else:
@@ -321,7 +376,8 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
             f"Check label_field / positive_values (now {cfg.positive_values!r})."
         )
     logger.info("probe data %s: %d texts (%d class 1, %d class 0)", source, len(texts), counts[1], counts[0])
-    return LabelledTexts(texts=[str(t) for t in texts], labels=labels, source=source)
+    return LabelledTexts(texts=[str(t) for t in texts], labels=labels, source=source,
+                         prompts=prompts, chat=cfg.chat)
 
 
 # --------------------------------------------------------------------------- records

@@ -103,7 +103,7 @@ def neuron_aurocs(model: nn.Module, tok, hparams: AurAHyperParams,
                   targets: Mapping[str, Tuple[nn.Module, bool]]) -> Dict[str, torch.Tensor]:
     """Per scored projection, each output unit's AUROC on the labelled texts (responses from a
     cached forward pass)."""
-    texts = hparams.texts()
+    texts = hparams.texts().for_model(tok)
     responses = cached_pooled_module_outputs(
         model, tok, texts.texts, texts.content_hash(), {p: m for p, (m, _) in targets.items()},
         pooling=hparams.pooling, max_length=hparams.response_max_length, batch_size=hparams.activation_batch_size,

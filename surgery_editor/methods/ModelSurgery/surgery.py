@@ -45,20 +45,22 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Probe
 # ---------------------------------------------------------------------------------------
-def probe_texts(hparams: ModelSurgeryHyperParams) -> LabelledTexts:
+def probe_texts(hparams: ModelSurgeryHyperParams, tok=None) -> LabelledTexts:
     """``hparams.probe_data`` read (relative paths under ``hparams.data_dir``) and, where a
     probe is trained on it, checked to hold enough examples of each class for the probe and its
-    held-out split (:func:`~surgery_editor.methods.ModelSurgery.probe.check_probe_labels`)."""
+    held-out split (:func:`~surgery_editor.methods.ModelSurgery.probe.check_probe_labels`).
+    Given ``tok``, the texts are as the model reads them (prompted answers in its chat
+    template, :meth:`~surgery_editor.data.LabelledTexts.for_model`)."""
     data = load_probe_texts(hparams.probe_data, hparams.data_dir)
     if hparams.probe_mode == "single" or hparams.layer_direction == "probe":
         check_probe_labels(data.labels, hparams.probe_val_fraction, f"{data.source} (probe_data)")
-    return data
+    return data if tok is None else data.for_model(tok)
 
 
 def train_behaviour_probe(model: nn.Module, tok, hparams: ModelSurgeryHyperParams,
                           fingerprint: Optional[str] = None, use_cache: bool = True) -> LinearProbe:
     """Train (or load from the probe cache) the probe on ``hparams.probe_data``."""
-    data = probe_texts(hparams)
+    data = probe_texts(hparams, tok)
     fingerprint = fingerprint or weights_fingerprint(model)
     ensure_pad_token(tok)
     probe_settings = {k: getattr(hparams, k) for k in (
@@ -119,7 +121,7 @@ def layer_directions(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, la
     (pooled per ``probe_pooling``, every layer from one cached forward pass over the probe
     texts): the class-1 mean minus the class-0 mean (``mean_difference``), or a linear probe's
     ``probe_direction`` (``probe``). Also returns per-layer probe accuracies (``probe``)."""
-    data = probe_texts(hparams)
+    data = probe_texts(hparams, tok)
     feats = cached_pooled_block_outputs(model, tok, data.texts, data.content_hash(), layers,
                                         pooling=hparams.probe_pooling, max_length=hparams.probe_max_length,
                                         batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir,
@@ -227,7 +229,7 @@ def neuron_statistics(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, l
     """``scoring: activation_*``: per candidate layer, each gate neuron's ``AUROC - 0.5``
     (``activation_auroc``) or class-1-minus-class-0 mean (``activation_difference``) of its gate
     output pooled over each probe text (``neuron_pooling``), from one cached forward pass."""
-    data = probe_texts(hparams)
+    data = probe_texts(hparams, tok)
     spec = _spec(model, hparams)
     paths = {layer: arch.gate_param_name(spec, layer)[: -len(".weight")] for layer in layers}
     responses = cached_pooled_module_outputs(
@@ -439,7 +441,7 @@ def clear_patch_cache() -> None:
 def forward_floor(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, limit: Optional[int] = None) -> int:
     """The forward passes alone over the first ``limit`` (``None``: all) probe texts, pooled as
     the probe reads them (the least a cold edit costs); returns how many texts it read."""
-    texts = load_probe_texts(hparams.probe_data, hparams.data_dir).texts[:limit]
+    texts = probe_texts(hparams, tok).texts[:limit]
     pooled_hidden_states(model, tok, texts, layer=hparams.probe_layer, pooling=hparams.probe_pooling,
                          max_length=hparams.probe_max_length, batch_size=hparams.activation_batch_size,
                          show_progress=False)
