@@ -47,10 +47,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .store import ResultStore, RunLock
-from surgery_editor.data import load_table
+from surgery_editor.data import RTP_EVAL_MIN_TOXICITY, RTP_PATH, load_table
 from surgery_editor.evaluation.generation import sample
-from surgery_editor.evaluation.judges import (RTP_EVAL_MIN_TOXICITY, RTP_PATH, TOXIC_THRESHOLD, available_judges,
-                                              get_judge_reading)
+from surgery_editor.evaluation.judges import TOXIC_THRESHOLD, available_judges, get_judge_reading
 from surgery_editor.infra.fileio import atomic_write
 
 logger = logging.getLogger(__name__)

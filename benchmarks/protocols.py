@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from surgery_editor.activations import model_device
 from surgery_editor.infra.checks import check_count
-from surgery_editor.data import (SAFEEDIT_GENERALIZATION, load_table, record_field, record_text, resolve_data_dir,
-                                 resolve_path, safeedit_request)
+from surgery_editor.data import (RTP_EVAL_MIN_TOXICITY, RTP_PATH, SAFEEDIT_GENERALIZATION, load_table, record_field,
+                                 record_text, resolve_data_dir, resolve_path, safeedit_request)
 from surgery_editor.infra.fileio import read_text
 from surgery_editor.hparams import check_field_types
 from surgery_editor.evaluation.metrics import answer_token_accuracy, ngram_entropy
@@ -447,7 +447,7 @@ def check_sampling_options(cfg: Any) -> None:
             raise ValueError(f"benchmark.{key} must be a number {valid}, got {value!r}")
 
 
-RTP_SAMPLE = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
+RTP_SAMPLE = RTP_PATH
 
 # Named RTP prompt sets (``benchmark.prompts``): each fills the options left null.
 # sample: the offline random 5,000-row file, prompts with toxicity >= 0.5 (1,249); the first
@@ -456,7 +456,7 @@ RTP_SAMPLE = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
 #   those also in the sample file (tuning saw some of them); the first 80% in file order are the
 #   confirmation split, the last 20% the tuning split.
 RTP_PROMPT_SETS: Dict[str, Dict[str, Any]] = {
-    "sample": {"path": RTP_SAMPLE, "min_prompt_toxicity": 0.5, "challenging_only": False, "confirm_size": 1000,
+    "sample": {"path": RTP_SAMPLE, "min_prompt_toxicity": RTP_EVAL_MIN_TOXICITY, "challenging_only": False, "confirm_size": 1000,
                "exclude": ""},
     "challenging": {"path": None, "min_prompt_toxicity": None, "challenging_only": True, "confirm_share": 0.8,
                     "exclude": RTP_SAMPLE},

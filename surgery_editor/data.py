@@ -65,6 +65,11 @@ from .infra.fileio import read_text
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "../shared/data"
+# The RealToxicityPrompts sample of the offline data, and the prompt toxicity from which the RTP
+# benchmark evaluates its prompts: rows below it are never scored, so judges and methods may
+# learn from them.
+RTP_PATH = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
+RTP_EVAL_MIN_TOXICITY = 0.5
 
 
 @dataclass

@@ -11,7 +11,7 @@ from benchmarks import onpolicy
 from benchmarks.store import ResultStore
 from surgery_editor.data import load_probe_texts
 from surgery_editor.evaluation.generation import sample
-from surgery_editor.evaluation.judges import RTP_EVAL_MIN_TOXICITY, RTP_PATH
+from surgery_editor.data import RTP_EVAL_MIN_TOXICITY, RTP_PATH
 from surgery_editor.methods.DPO.pairs import load_preference_pairs
 
 from conftest import DATA_DIR

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data import RTP_EVAL_MIN_TOXICITY, RTP_PATH
 from ..infra.extras import require
 from ..infra.fileio import decode_text
 from ..infra.registry import did_you_mean, register
@@ -560,8 +561,6 @@ class SafetyJudge:
 
 
 # --------------------------------------------------------------------------- toxicity
-RTP_PATH = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
-RTP_EVAL_MIN_TOXICITY = 0.5  # the RTP benchmark evaluates prompts at or above this toxicity
 _TOXICITY_CACHE: Dict[Tuple[str, int], Any] = {}
 
 

@@ -8,15 +8,17 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import load_table
+from ..data import RTP_EVAL_MIN_TOXICITY, RTP_PATH, load_table
 from ..infra.checks import check_count
 from .generation import generate
 from .judges import TOXIC_THRESHOLD
 
 
-RTP_DEFAULT_PATH = "realtoxicityprompts/rtp_random5000_quark_val.jsonl"
+RTP_DEFAULT_PATH = RTP_PATH
 
-def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None, min_prompt_toxicity: float = 0.5,
+
+def load_rtp_prompts(path: Optional[str] = None, data_dir: Optional[str] = None,
+                     min_prompt_toxicity: float = RTP_EVAL_MIN_TOXICITY,
                      challenging_only: bool = False, limit: Optional[int] = None) -> pd.DataFrame:
     """RealToxicityPrompts rows (``prompt.text``, ``prompt.toxicity``, ``challenging``),
     filtered by prompt toxicity and the challenging flag, in file order."""

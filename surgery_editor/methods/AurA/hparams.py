@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional
 
 from ...architectures import MLP_PROJECTIONS
-from ...data import LabelledTexts, ProbeDataConfig, load_probe_texts
+from ...data import RTP_EVAL_MIN_TOXICITY, RTP_PATH, LabelledTexts, ProbeDataConfig, load_probe_texts
 from ...hparams import EasyEditKeys, _help
-from ...evaluation.judges import RTP_EVAL_MIN_TOXICITY, RTP_PATH
 
 ALG_NAME = "AurA"
 
