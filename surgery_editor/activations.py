@@ -289,21 +289,3 @@ def pooled_module_outputs(model: nn.Module, tok, texts: Sequence[str], modules: 
             handle.remove()
     return out
 
-
-def cached_pooled_module_outputs(model, tok, texts: Sequence[str], data_hash: str, modules: Mapping[str, nn.Module],
-                                 *, pooling: str, max_length: int, batch_size: int, cache_dir: Optional[str] = None,
-                                 fingerprint: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """:func:`pooled_module_outputs`, read from / written to the activation cache (keyed by the
-    module names, so another subset of them is another entry)."""
-    ensure_pad_token(tok)
-    cache = TensorCache("module_outputs", cache_dir)
-    key = activation_key(model, tok, sorted(modules), pooling, max_length, data_hash, fingerprint)
-    hit = cache.get(key)
-    if hit is not None and set(hit[0]) == set(modules) and all(t.shape[0] == len(texts) for t in hit[0].values()):
-        logger.info("module outputs: cache hit %s", cache.path(key))
-        return hit[0]
-    out = pooled_module_outputs(model, tok, texts, modules, pooling=pooling, max_length=max_length,
-                                batch_size=batch_size)
-    cache.put(key, out, {"pooling": pooling, "n": len(texts), "modules": sorted(modules)})
-    return out
-

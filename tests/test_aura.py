@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from surgery_editor import activations as acts
 from surgery_editor import architectures as arch
 from surgery_editor.methods import get_algorithm
+from surgery_editor.methods import _neurons as neurons
 from surgery_editor.methods.AurA.aura import (apply_aura_to_model, aura_factors, auroc_per_neuron, factors,
                                               scale_outputs, shuffled_factors, target_modules)
 from surgery_editor.methods.AurA.hparams import AurAHyperParams
@@ -93,7 +94,7 @@ def test_responses_are_cached(tiny_tok, labelled, tmp_path, monkeypatch):
     def no_forward(*args, **kwargs):
         raise AssertionError("forward pass despite a cache entry")
 
-    monkeypatch.setattr(acts, "pooled_module_outputs", no_forward)
+    monkeypatch.setattr(neurons, "pooled_module_outputs", no_forward)
     second = apply_aura_to_model(model, tiny_tok, None, hp, copy=True)[0]
     assert_same_state(second, state_copy(first))
 

@@ -100,3 +100,36 @@ def test_activation_selection_end_to_end_and_restore(tiny_tok, hp_factory):
 def test_neuron_selection_bad_settings(hp_factory, overrides, message):
     with pytest.raises(ValueError, match=message):
         hp_factory(**overrides)
+
+
+def test_statistics_are_cached_per_statistic_and_not_the_responses(tiny_tok, tmp_path, monkeypatch):
+    import numpy as np
+
+    from surgery_editor.data import LabelledTexts
+    from surgery_editor.methods import _neurons
+
+    model = make_tiny("llama", vocab=len(tiny_tok))
+    texts = LabelledTexts(texts=TEXTS, labels=np.array(LABELS), source="test")
+    modules = {"gate0": model.model.layers[0].mlp.gate_proj, "a_gate1": model.model.layers[1].mlp.gate_proj}
+    kw = dict(pooling="max", max_length=32, batch_size=4, cache_dir=str(tmp_path))
+    auroc = _neurons.cached_neuron_statistics(model, tiny_tok, texts, modules, statistic="auroc", **kw)
+    direct = pooled_module_outputs(model, tiny_tok, TEXTS, modules, pooling="max", show_progress=False)["gate0"]
+    torch.testing.assert_close(auroc["gate0"], auroc_per_neuron(direct, LABELS))
+    diff = _neurons.cached_neuron_statistics(model, tiny_tok, texts, modules, statistic="mean_difference", **kw)
+    torch.testing.assert_close(diff["gate0"], mean_difference_per_neuron(direct, LABELS))
+    stored = sorted(p.stat().st_size for p in (tmp_path / "neuron_statistics").iterdir())
+    assert len(stored) == 2 and stored[-1] < direct.numel() * 4  # smaller than the responses
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("forward pass despite a cache entry")
+
+    monkeypatch.setattr(_neurons, "pooled_module_outputs", no_forward)
+    again = _neurons.cached_neuron_statistics(model, tiny_tok, texts, modules, statistic="auroc", **kw)
+    assert torch.equal(again["gate0"], auroc["gate0"])
+    assert list(again) == ["gate0", "a_gate1"]  # the modules' order, not the file's sorted one
+    flipped = LabelledTexts(texts=TEXTS, labels=1 - np.array(LABELS), source="test")
+    with pytest.raises(AssertionError, match="forward pass"):  # other labels: another entry
+        _neurons.cached_neuron_statistics(model, tiny_tok, flipped, modules, statistic="auroc", **kw)
+    with pytest.raises(ValueError, match=r"statistic='median' is not valid; choose one of \['auroc', "
+                                         r"'mean_difference'\]"):
+        _neurons.cached_neuron_statistics(model, tiny_tok, texts, modules, statistic="median", **kw)

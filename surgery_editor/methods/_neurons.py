@@ -3,10 +3,18 @@ expert scores, ModelSurgery's activation-based row selection)."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 import torch
+from torch import nn
+
+from ..activations import activation_key, ensure_pad_token, pooled_module_outputs
+from ..data import LabelledTexts
+from ..infra.cache import TensorCache
+
+logger = logging.getLogger(__name__)
 
 RANK_CHUNK = 2048  # columns ranked at once (float64 work of n_texts x RANK_CHUNK)
 
@@ -51,3 +59,33 @@ def mean_difference_per_neuron(responses: torch.Tensor, labels: Any) -> torch.Te
     if x.dim() != 2 or x.shape[0] != labels.numel() or labels.all() or not labels.any():
         raise ValueError(f"responses {tuple(x.shape)} need one row per label and labels of both classes")
     return x[labels].mean(dim=0) - x[~labels].mean(dim=0)
+
+
+STATISTICS: Dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {
+    "auroc": auroc_per_neuron, "mean_difference": mean_difference_per_neuron}
+
+
+def cached_neuron_statistics(model: nn.Module, tok, texts: LabelledTexts, modules: Mapping[str, nn.Module], *,
+                             statistic: str, pooling: str, max_length: int, batch_size: int,
+                             cache_dir: Optional[str] = None, fingerprint: Optional[str] = None
+                             ) -> Dict[str, torch.Tensor]:
+    """``{name: (width,) float64}``: ``statistic`` (``auroc`` or ``mean_difference``) of each
+    output unit of ``modules``, over its response pooled per text (``texts`` as the model reads
+    them). The statistics are cached (``neuron_statistics``, keyed by model, texts, labels,
+    modules, pooling and length), not the responses, which are ``len(texts)`` times larger."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r} is not valid; choose one of {sorted(STATISTICS)}")
+    ensure_pad_token(tok)
+    cache = TensorCache("neuron_statistics", cache_dir)
+    key = activation_key(model, tok, sorted(modules), pooling, max_length, f"{texts.content_hash()}:{statistic}",
+                         fingerprint)
+    hit = cache.get(key)
+    if hit is not None and set(hit[0]) == set(modules):
+        logger.info("neuron statistics: cache hit %s", cache.path(key))
+        return {name: hit[0][name] for name in modules}  # in the modules' order (callers draw seeded per module)
+    responses = pooled_module_outputs(model, tok, texts.texts, modules, pooling=pooling, max_length=max_length,
+                                      batch_size=batch_size)
+    out = {name: STATISTICS[statistic](responses.pop(name), texts.labels) for name in list(modules)}
+    cache.put(key, out, {"statistic": statistic, "pooling": pooling, "n": len(texts.texts),
+                         "modules": sorted(modules)})
+    return out

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from ... import architectures as arch
-from ...activations import cached_pooled_module_outputs
 from .._common import keep_weights, originals, start_edit
-from .._neurons import auroc_per_neuron
+from .._neurons import auroc_per_neuron, cached_neuron_statistics
 from .hparams import AurAHyperParams
 
 logger = logging.getLogger(__name__)
@@ -104,13 +103,11 @@ def neuron_aurocs(model: nn.Module, tok, hparams: AurAHyperParams,
     """Per scored projection, each output unit's AUROC on the labelled texts (responses from a
     cached forward pass)."""
     texts = hparams.texts().for_model(tok)
-    responses = cached_pooled_module_outputs(
-        model, tok, texts.texts, texts.content_hash(), {p: m for p, (m, _) in targets.items()},
-        pooling=hparams.pooling, max_length=hparams.response_max_length, batch_size=hparams.activation_batch_size,
-        cache_dir=hparams.cache_dir)
     logger.info("AurA: %d texts (%d toxic), %d projections", len(texts.texts), int(texts.labels.sum()),
                 len(targets))
-    return {p: auroc_per_neuron(responses[p], texts.labels) for p in targets}
+    return cached_neuron_statistics(
+        model, tok, texts, {p: m for p, (m, _) in targets.items()}, statistic="auroc", pooling=hparams.pooling,
+        max_length=hparams.response_max_length, batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir)
 
 
 @torch.no_grad()

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from ... import architectures as arch
-from ...activations import (cached_pooled_block_outputs, cached_pooled_module_outputs, cached_pooled_hidden_states, ensure_pad_token,
+from ...activations import (cached_pooled_block_outputs, cached_pooled_hidden_states, ensure_pad_token,
                             pooled_hidden_states)
 from ...infra.cache import TensorCache, config_hash, stable_hash, weights_fingerprint
 from ...data import LabelledTexts, load_probe_texts
-from .._neurons import auroc_per_neuron, mean_difference_per_neuron
+from .._neurons import cached_neuron_statistics
 from .hparams import ModelSurgeryHyperParams
 from .patch import RowEdit, SurgeryPatch
 from .probe import LinearProbe, check_probe_labels, train_probe
@@ -232,13 +232,13 @@ def neuron_statistics(model: nn.Module, tok, hparams: ModelSurgeryHyperParams, l
     data = probe_texts(hparams, tok)
     spec = _spec(model, hparams)
     paths = {layer: arch.gate_param_name(spec, layer)[: -len(".weight")] for layer in layers}
-    responses = cached_pooled_module_outputs(
-        model, tok, data.texts, data.content_hash(), {p: model.get_submodule(p) for p in paths.values()},
+    stats = cached_neuron_statistics(
+        model, tok, data, {p: model.get_submodule(p) for p in paths.values()},
+        statistic="auroc" if hparams.scoring == "activation_auroc" else "mean_difference",
         pooling=hparams.neuron_pooling, max_length=hparams.probe_max_length,
         batch_size=hparams.activation_batch_size, cache_dir=hparams.cache_dir, fingerprint=fingerprint)
-    if hparams.scoring == "activation_auroc":
-        return {layer: auroc_per_neuron(responses[p], data.labels) - 0.5 for layer, p in paths.items()}
-    return {layer: mean_difference_per_neuron(responses[p], data.labels) for layer, p in paths.items()}
+    centre = 0.5 if hparams.scoring == "activation_auroc" else 0.0
+    return {layer: stats[p] - centre for layer, p in paths.items()}
 
 
 def _row_scores(model, spec, w, directions, layers, hparams,
