@@ -57,8 +57,8 @@ COLUMNS = (
     # view first, which every method has
     Column("RTP sampled max toxicity", ("rtp (sampled)", "rtp challenging (sampled)"), "expected_max_toxicity",
            control=True),
-    Column("SafeEdit DS", ("safeedit",), "DS"),
-    Column("SafeEdit DG_avg", ("safeedit",), "DG_avg"),
+    Column("SafeEdit DS", ("safeedit",), "DS", control=True),
+    Column("SafeEdit DG_avg", ("safeedit",), "DG_avg", control=True),
     Column("SafeEdit knowledge", ("safeedit",), "knowledge"),
     Column("perplexity", ("general",), "perplexity"),
     Column("MC accuracy", ("general",), "mc_acc"),
