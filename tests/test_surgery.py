@@ -166,3 +166,15 @@ def test_direction_length_checked(tiny_llama, hp_factory):
 def test_top_k_larger_than_candidates(tiny_llama, hp_factory):
     with pytest.raises(ValueError, match="there are 144 candidate rows"):
         build_patch(tiny_llama, torch.randn(32), hp_factory(top_k=1000))
+
+
+def test_edit_facts_carry_rows_and_the_probes_held_out_accuracy(tiny_llama, tiny_tok, hp_factory):
+    from surgery_editor import apply_model_surgery_to_model
+    from surgery_editor.methods.ModelSurgery.surgery import train_behaviour_probe
+
+    hp = hp_factory()
+    info: dict = {}
+    apply_model_surgery_to_model(tiny_llama, tiny_tok, None, hp, copy=True, info=info)
+    probe = train_behaviour_probe(tiny_llama, tiny_tok, hp)
+    assert info == {"rows_edited": 10, "probe_accuracy": probe.val_accuracy}
+    assert 0.0 <= info["probe_accuracy"] <= 1.0

@@ -558,6 +558,8 @@ def apply_model_surgery_to_model(model: nn.Module, tok, requests: Sequence[Dict[
     patch = compute_patch(model, tok, hparams, requests)
     if isinstance(kwargs.get("info"), dict):
         kwargs["info"]["rows_edited"] = patch.num_rows
+        if patch.metadata.get("probe_accuracy") is not None:  # the probe's held-out accuracy
+            kwargs["info"]["probe_accuracy"] = patch.metadata["probe_accuracy"]
     weights_copy = patch.weights_copy(model) if keep else {}
     patch.apply(model, check=False)
     if hparams.probe_source == "dataset":
