@@ -373,6 +373,7 @@ def load_probe_texts(config: Dict[str, Any] | ProbeDataConfig, data_dir: Optiona
             labels = keys.map(lambda k: int(k in positive)).to_numpy(dtype=np.int64)
     if not texts:
         raise ValueError(f"{source}: probe data is empty after dropping rows without text (config: {cfg})")
+    labels = np.array(labels, dtype=np.int64)  # a writable copy (pandas may hand out read-only arrays)
     counts = np.bincount(labels, minlength=2)
     if counts.min() == 0:
         only = "1 (behaviour to avoid)" if counts[1] else "0 (not)"

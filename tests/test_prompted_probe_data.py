@@ -41,6 +41,7 @@ def chat_tok(tiny_tok):
 def test_answers_stay_with_their_prompts_after_shuffle_and_limit(answers):
     data = load_probe_texts(_cfg(answers, limit=12, seed=3))
     assert len(data.texts) == len(data.prompts) == 12
+    assert data.labels.flags.writeable  # torch.from_numpy takes it without a warning
     for prompt, text, label in zip(data.prompts, data.texts, data.labels.tolist()):
         assert text == f"answer to {prompt}"
         assert label == int(int(prompt.split()[-1]) % 3 == 0)
