@@ -190,12 +190,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         atomic_write(recorded, json.dumps(settings, indent=2) + "\n")
     prompts = unevaluated_prompts(args.rtp_path, args.data_dir, args.prompts)
-    judges = {name: get_judge_reading(name, args.data_dir) for name in names}
     with RunLock(out):
         store = ResultStore(out)
-        if not prompts["key"].isin(list(store.rows)).all():
+        if not prompts["key"].isin(list(store.rows)).all():  # judges and model only when there is sampling to do
             from surgery_editor.models import load_model
 
+            judges = {name: get_judge_reading(name, args.data_dir) for name in names}
             model, tok = load_model(args.model, device=args.device)
             sample_prompts(model, tok, prompts, store, judges, num_samples=args.num_samples,
                            max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=args.seed)
