@@ -317,6 +317,24 @@ def test_frontier_styles_give_a_control_its_methods_color_hollow():
     assert list(st["marker"]) == ["o", "o", "o", "o", "o", "s"]  # the second ModelSurgery label: a square
 
 
+def test_a_plain_reference_prefers_the_methods_default_run(tmp_path, caplog):
+    def run(name, method, label, hparams):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "method": method, "label": label, "model": "m", "benchmark": "rtp", "protocol": "greedy", "judge": "j",
+            "n": 4, "toxic_rate": 0.5, "hparams": hparams}))
+
+    run("a_layerwise", "ModelSurgery", "ModelSurgery[layerwise] alpha=0.5", {"alpha": 0.5})
+    run("b_default", "ModelSurgery", "ModelSurgery", {"alpha": 1.08})
+    run("c_aura", "AurA", "AurA", {"pooling": "max"})  # shares no hparam with either
+    runs = report.collect(tmp_path).set_index("run_dir", drop=False)
+    with caplog.at_level(logging.WARNING, logger="benchmarks.report"):
+        ref = report.pick_reference(runs, str(tmp_path / "c_aura"), "ModelSurgery")
+    assert ref == str(tmp_path / "b_default")
+    assert not any("pairing with the first" in r.getMessage() for r in caplog.records)
+
+
 def test_control_is_paired_only_with_the_same_settings(tmp_path):
     def run(name, method, alpha, hp_file="hparams/ModelSurgery/m.yaml"):
         d = tmp_path / name

@@ -74,7 +74,8 @@ def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
                    control_of: Optional[Sequence[str]] = None) -> Optional[Any]:
     """Index of the ``method`` run to pair run ``idx`` with: same model, benchmark, prompt set,
     protocol and judge; among several, the same ``n``, then the most agreeing hparams (a random-direction
-    control of the same alpha), then the first (with a warning). With ``control_of`` (the keys a
+    control of the same alpha), then the method's default run (the one labelled by the method's name
+    alone, not a variant or tagged setting), then the first (with a warning). With ``control_of`` (the keys a
     control fixes, e.g. ``["edit_direction"]``), only a run of exactly ``idx``'s other settings
     qualifies: a control of other settings is no control, so none is paired then."""
     run = runs.loc[idx]
@@ -94,6 +95,10 @@ def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
     if len(cand) > 1:
         scores = cand.apply(lambda r: _hparam_agreement(run, r), axis=1)
         cand = cand[scores == scores.max()]
+    if len(cand) > 1 and "label" in cand.columns:
+        default = cand[cand["label"].map(lambda v: _same(v, method))]
+        if not default.empty:
+            cand = default
     if len(cand) > 1:
         logger.warning("%s (%s): %d '%s' runs match on model/benchmark/protocol/judge/n; pairing with the "
                        "first, %s (others: %s)", run["run_dir"], run["label"], len(cand), method,
