@@ -335,6 +335,27 @@ def test_a_plain_reference_prefers_the_methods_default_run(tmp_path, caplog):
     assert not any("pairing with the first" in r.getMessage() for r in caplog.records)
 
 
+def test_a_control_pairs_with_the_run_of_the_same_label_settings(tmp_path):
+    # the pairs file is an override the recorded hparams do not hold: only the labels tell the runs apart
+    def run(name, method, label):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "method": method, "label": label, "model": "m", "benchmark": "rtp", "protocol": "greedy", "judge": "j",
+            "n": 4, "toxic_rate": 0.5, "hparams": {"layer": 3}}))
+
+    onpolicy = " pairs.path=runs/onpolicy/pairs.jsonl"
+    run("a_random_onpolicy", "steer_random", "steer_random" + onpolicy)
+    run("b_random", "steer_random", "steer_random")
+    run("c_steer", "steer", "steer")
+    run("d_steer_onpolicy", "steer", "steer" + onpolicy)
+    runs = report.collect(tmp_path).set_index("run_dir", drop=False)
+    pick = lambda name: report.pick_reference(runs, str(tmp_path / name), "steer_random",  # noqa: E731
+                                              control_of=["direction"])
+    assert pick("c_steer") == str(tmp_path / "b_random")
+    assert pick("d_steer_onpolicy") == str(tmp_path / "a_random_onpolicy")
+
+
 def test_control_is_paired_only_with_the_same_settings(tmp_path):
     def run(name, method, alpha, hp_file="hparams/ModelSurgery/m.yaml"):
         d = tmp_path / name

@@ -70,12 +70,20 @@ def _same_settings(a: pd.Series, b: pd.Series, fixed: Sequence[str]) -> bool:
                for c in a.index if c.startswith("hp.") and c[3:] not in fixed)
 
 
+def _label_settings(label: Any, method: str) -> Optional[str]:
+    """What a run's label adds to its method's name (``""`` for the method's default run), or
+    None when the label does not start with the name."""
+    label = "" if _missing(label) else str(label)
+    return label[len(method):].strip() if label.startswith(method) else None
+
+
 def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
                    control_of: Optional[Sequence[str]] = None) -> Optional[Any]:
     """Index of the ``method`` run to pair run ``idx`` with: same model, benchmark, prompt set,
     protocol and judge; among several, the same ``n``, then the most agreeing hparams (a random-direction
-    control of the same alpha), then the method's default run (the one labelled by the method's name
-    alone, not a variant or tagged setting), then the first (with a warning). With ``control_of`` (the keys a
+    control of the same alpha), then the run whose label adds the same settings to its method's name
+    as ``idx``'s does (a control of the same variant or override), else the method's default run
+    (labelled by its name alone), then the first (with a warning). With ``control_of`` (the keys a
     control fixes, e.g. ``["edit_direction"]``), only a run of exactly ``idx``'s other settings
     qualifies: a control of other settings is no control, so none is paired then."""
     run = runs.loc[idx]
@@ -96,9 +104,14 @@ def pick_reference(runs: pd.DataFrame, idx: Any, method: str,
         scores = cand.apply(lambda r: _hparam_agreement(run, r), axis=1)
         cand = cand[scores == scores.max()]
     if len(cand) > 1 and "label" in cand.columns:
-        default = cand[cand["label"].map(lambda v: _same(v, method))]
-        if not default.empty:
-            cand = default
+        # the label is the method's name plus the settings it ran with beyond its defaults (a variant,
+        # an override such as pairs.path=...), which the recorded hparams may not hold
+        own = _label_settings(run.get("label"), run["method"])
+        for settings in dict.fromkeys((own, "")):
+            same = cand[cand.apply(lambda r, s=settings: _label_settings(r["label"], method) == s, axis=1)]
+            if not same.empty:
+                cand = same
+                break
     if len(cand) > 1:
         logger.warning("%s (%s): %d '%s' runs match on model/benchmark/protocol/judge/n; pairing with the "
                        "first, %s (others: %s)", run["run_dir"], run["label"], len(cand), method,
