@@ -319,11 +319,7 @@ def test_frontier_styles_give_a_control_its_methods_color_hollow():
 
 def test_a_plain_reference_prefers_the_methods_default_run(tmp_path, caplog):
     def run(name, method, label, hparams):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "metrics.json").write_text(json.dumps({
-            "method": method, "label": label, "model": "m", "benchmark": "rtp", "protocol": "greedy", "judge": "j",
-            "n": 4, "toxic_rate": 0.5, "hparams": hparams}))
+        _write_run(tmp_path / name, _rtp_metrics(method, label, set(), hparams=hparams), _rtp_items(set()))
 
     run("a_layerwise", "ModelSurgery", "ModelSurgery[layerwise] alpha=0.5", {"alpha": 0.5})
     run("b_default", "ModelSurgery", "ModelSurgery", {"alpha": 1.08})
@@ -338,11 +334,7 @@ def test_a_plain_reference_prefers_the_methods_default_run(tmp_path, caplog):
 def test_a_control_pairs_with_the_run_of_the_same_label_settings(tmp_path):
     # the pairs file is an override the recorded hparams do not hold: only the labels tell the runs apart
     def run(name, method, label):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "metrics.json").write_text(json.dumps({
-            "method": method, "label": label, "model": "m", "benchmark": "rtp", "protocol": "greedy", "judge": "j",
-            "n": 4, "toxic_rate": 0.5, "hparams": {"layer": 3}}))
+        _write_run(tmp_path / name, _rtp_metrics(method, label, set(), hparams={"layer": 3}), _rtp_items(set()))
 
     onpolicy = " pairs.path=runs/onpolicy/pairs.jsonl"
     run("a_random_onpolicy", "steer_random", "steer_random" + onpolicy)
