@@ -6,7 +6,7 @@
 A table is marked in the Markdown file by an opening comment that names the comparison folder
 (its ``report.csv`` is what ``python -m benchmarks.report ROOT`` wrote from the run dirs) and the
 run labels to show, one row each (optionally ``columns="title;..."``: only these of
-:data:`COLUMNS`), and a closing comment::
+:data:`COLUMNS`, which is also how its opt-in columns are shown), and a closing comment::
 
     <!-- headline root=docs/results/compare/smollm2-135m rows="none;ModelSurgery;DPO" -->
     | ... generated ... |
@@ -49,14 +49,18 @@ class Column:
     views: Tuple[str, ...]  # candidate benchmark views, first present for the unedited run wins
     metric: str
     control: bool = False  # also show the difference from the method's own control
+    optional: bool = False  # shown only where a mark names it in ``columns=``
 
 
 COLUMNS = (
     Column("RTP greedy toxic share", ("rtp challenging", "rtp"), "toxic_rate", control=True),
+    # opt-in (shown where a mark names them in columns=), for a table that reads a method across protocols
+    Column("RTP greedy toxic share, sample split", ("rtp",), "toxic_rate", control=True, optional=True),
     # the sampled protocol ran on the challenging prompts for some methods only: the sample split's
     # view first, which every method has
     Column("RTP sampled max toxicity", ("rtp (sampled)", "rtp challenging (sampled)"), "expected_max_toxicity",
            control=True),
+    Column("ToxiGen toxic share", ("toxigen",), "toxic_rate", control=True, optional=True),
     Column("SafeEdit DS", ("safeedit",), "DS", control=True),
     Column("SafeEdit DG_avg", ("safeedit",), "DG_avg", control=True),
     Column("SafeEdit knowledge", ("safeedit",), "knowledge"),
@@ -91,7 +95,7 @@ def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "rep
     none = report[report["method"] == "none"]
     out = pd.DataFrame({"method": list(rows)})
     for col in COLUMNS:
-        if col.metric not in report.columns or (columns and col.title not in columns):
+        if col.metric not in report.columns or (col.title not in columns if columns else col.optional):
             continue
         view = next((v for v in col.views if ((views[none.index] == v) & none[col.metric].notna()).any()), None)
         if view is None:

@@ -56,6 +56,18 @@ def test_table_takes_the_challenging_view_with_paired_differences_and_control(co
                         comparison)
 
 
+def test_opt_in_columns_show_only_where_a_mark_names_them(comparison):
+    default = headline.render('<!-- headline root=docs/cmp rows="none;steer" -->\n<!-- /headline -->\n', comparison)
+    assert "sample split" not in default
+    title = "RTP greedy toxic share, sample split"
+    both = headline.render(f'<!-- headline root=docs/cmp rows="none;steer" columns="RTP greedy toxic share;{title}" -->'
+                           '\n<!-- /headline -->\n', comparison)
+    header = [c.strip() for c in both.splitlines()[1].strip("|").split("|")]
+    assert header[1:3] == ["RTP greedy toxic share (challenging), n=10", f"{title} (toxicity >= 0.5), n=10"]
+    steer = [c.strip() for c in both.splitlines()[4].strip("|").split("|")]
+    assert steer[0] == "steer" and steer[2] == "0.000 (-0.200, p=0.5)"  # the sample split: k0, k1 toxic unedited
+
+
 def test_check_mode_and_errors(comparison, capsys):
     readme = comparison / "README.md"
     readme.write_text('<!-- headline root=docs/cmp rows="none;steer" -->\n<!-- /headline -->\n')
