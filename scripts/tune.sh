@@ -56,6 +56,13 @@ case $MODEL in
     screen surgery2_last ppl method=ModelSurgery method.variant=layerwise hparams.alpha=0.4 hparams.probe_pooling=last
     # (surgery2_last's random control and perplexity were stopped: its toxic share, 7.2%, had
     # already lost to the first screen's alpha = 0.3, 5.6%, under the rule in the README)
+    # steering and ProFS on the model's own pairs (python -m benchmarks.onpolicy smollm2-135m --prompts 600):
+    # the settings chosen on ParaDetox did nothing or harm with them; a few others
+    P="hparams.pairs={path:runs/onpolicy/$MODEL/pairs.jsonl,positive_column:toxic,negative_column:nontoxic}"
+    screen onpolicy_steer rtp method=steer,steer_random "$P" hparams.layer=3,6,9 hparams.scale=1,2
+    screen onpolicy_steer ppl method=steer "$P" hparams.layer=3,6,9 hparams.scale=1,2
+    sweep onpolicy_ProFS method=ProFS "$P" 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
+      hparams.strength=0.5,1
     ;;
   gemma3-270m)
     sweep none method=none
