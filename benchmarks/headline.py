@@ -5,7 +5,8 @@
 
 A table is marked in the Markdown file by an opening comment that names the comparison folder
 (its ``report.csv`` is what ``python -m benchmarks.report ROOT`` wrote from the run dirs) and the
-run labels to show, one row each (optionally ``columns="title;..."``: only these of
+run labels to show, one row each (``label => name`` shows a long label as ``name``; optionally
+``columns="title;..."``: only these of
 :data:`COLUMNS`, which is also how its opt-in columns are shown), and a closing comment::
 
     <!-- headline root=docs/results/compare/smollm2-135m rows="none;ModelSurgery;DPO" -->
@@ -82,18 +83,21 @@ def _p(p: float) -> str:
 
 def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "report",
                    columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
-    """One row per label in ``rows`` (each must be a run label of ``report``), one column per
+    """One row per label in ``rows`` (each must be a run label of ``report``; ``LABEL => NAME``
+    shows a long label, e.g. one with overrides, as ``NAME``), one column per
     :data:`COLUMNS` entry the unedited run has (only those titled in ``columns`` when given),
     and ``edit s``."""
     unknown = sorted(set(columns or ()) - {c.title for c in COLUMNS})
     if unknown:
         raise ValueError(f"{source}: unknown column(s) {unknown}; columns: {[c.title for c in COLUMNS]}")
     views = _views(report)
+    shown = [row.split(" => ", 1)[1].strip() if " => " in row else row for row in rows]
+    rows = [row.split(" => ", 1)[0].strip() for row in rows]
     missing = [label for label in rows if label not in set(report["label"])]
     if missing:
         raise ValueError(f"{source}: no runs labelled {missing}; labels there: {sorted(set(report['label']))}")
     none = report[report["method"] == "none"]
-    out = pd.DataFrame({"method": list(rows)})
+    out = pd.DataFrame({"method": shown})
     for col in COLUMNS:
         if col.metric not in report.columns or (col.title not in columns if columns else col.optional):
             continue

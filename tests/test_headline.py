@@ -66,6 +66,9 @@ def test_opt_in_columns_show_only_where_a_mark_names_them(comparison):
     assert header[1:3] == ["RTP greedy toxic share (challenging), n=10", f"{title} (toxicity >= 0.5), n=10"]
     steer = [c.strip() for c in both.splitlines()[4].strip("|").split("|")]
     assert steer[0] == "steer" and steer[2] == "0.000 (-0.200, p=0.5)"  # the sample split: k0, k1 toxic unedited
+    renamed = headline.render('<!-- headline root=docs/cmp rows="none;steer => steering, layer 6" -->\n<!-- /headline -->\n',
+                              comparison)
+    assert renamed.splitlines()[4].startswith("| steering, layer 6 | 0.100 (-0.400, p=0.12) [ctrl -0.400, p=0.12]")
 
 
 def test_check_mode_and_errors(comparison, capsys):
