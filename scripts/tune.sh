@@ -63,6 +63,9 @@ case $MODEL in
     screen onpolicy_steer ppl method=steer "$P" hparams.layer=3,6,9 hparams.scale=1,2
     sweep onpolicy_ProFS method=ProFS "$P" 'hparams.layers=[15,16,17,18,19,20,21,22,23,24,25,26,27,28,29],[20,21,22,23,24,25,26,27,28,29]' \
       hparams.strength=0.5,1
+    # second look: at scale 2 the model's own pairs still cost no perplexity; larger scales after block 6
+    screen onpolicy_steer2 rtp method=steer,steer_random "$P" hparams.layer=6 hparams.scale=4,8
+    screen onpolicy_steer2 ppl method=steer "$P" hparams.layer=6 hparams.scale=4,8
     ;;
   gemma3-270m)
     sweep none method=none

@@ -461,3 +461,14 @@ def test_runs_recorded_before_the_backend_became_an_edit_fact_read_as_now(tmp_pa
     assert "dinm_backend" not in row
     table = report.summary_table(report.collect(tmp_path))
     assert "edit_facts.backend" in table.columns and "edit_facts.backend" in report.to_markdown(table)
+
+
+def test_figures_show_a_long_label_by_its_run_dirs_tag():
+    from benchmarks.report.figures import LONG_LABEL, _shown
+
+    long = "DPO pairs.chosen_column=nontoxic_continuation pairs.path=runs/onpolicy/m/pairs.jsonl"
+    assert _shown("ModelSurgery[layerwise]", "/x/rtp/ModelSurgery-layerwise_rtp") == "ModelSurgery[layerwise]"
+    assert _shown(long, "/x/challenging/DPO-onpolicy_rtp") == "DPO-onpolicy"
+    cut = _shown(long, "/x/tuning/0")  # a sweep's numbered dir names nothing: the label, cut
+    assert len(cut) == LONG_LABEL and cut.endswith("…") and long.startswith(cut[:-1])
+    assert _shown(long, float("nan")).endswith("…")

@@ -48,9 +48,27 @@ def _yerr(sub: pd.DataFrame, metric: str) -> np.ndarray:
     return np.nan_to_num(np.vstack([y - lo, hi - y]).clip(min=0), nan=0.0)
 
 
+LONG_LABEL = 40  # characters: a longer label (a run with overrides) is shown by its run dir's name
+
+
+def _shown(label: str, run_dir) -> str:
+    """``label`` for a figure: as it is, or where longer than :data:`LONG_LABEL` (overrides such as
+    a data path), its run dir's name less the benchmark (``DPO-onpolicy_rtp`` -> ``DPO-onpolicy``,
+    the TAG of ``scripts/compare.sh``), else the label cut to that length with an ellipsis."""
+    label = str(label)
+    if len(label) <= LONG_LABEL:
+        return label
+    name = "" if _missing(run_dir) else Path(str(run_dir)).name
+    stem = name.rsplit("_", 1)[0] if "_" in name else ""
+    if stem and not stem.isdigit() and len(stem) <= LONG_LABEL:
+        return stem
+    return label[:LONG_LABEL - 1] + "…"
+
+
 def _tick_labels(sub: pd.DataFrame) -> List[str]:
     varying = [c for c in ("model", "protocol", "judge") if sub[c].nunique(dropna=False) > 1]
-    labels = ["\n".join([str(r["label"])] + [str(r[c]) for c in varying]) for _, r in sub.iterrows()]
+    labels = ["\n".join([_shown(r["label"], r.get("run_dir"))] + [str(r[c]) for c in varying])
+              for _, r in sub.iterrows()]
     for extra in (lambda r: f"n={_fmt_int(r['n'])}", lambda r: "/".join(Path(r["run_dir"]).parts[-2:])):
         counts = pd.Series(labels).value_counts()
         if counts.max() == 1:
@@ -165,7 +183,8 @@ def frontier_points(table: pd.DataFrame, model: str) -> pd.DataFrame:
             continue
         t, g = tox.iloc[0], ppl.iloc[0]
         m = mc.iloc[0] if not mc.empty else pd.Series(dtype=object)  # the capability run may be another
-        rows.append({"label": label, "method": t["method"], "toxic_rate": float(t["toxic_rate"]),
+        rows.append({"label": label, "shown": _shown(label, t.get("run_dir")), "method": t["method"],
+                     "toxic_rate": float(t["toxic_rate"]),
                      "toxic_rate_ci_low": t.get("toxic_rate_ci_low"), "toxic_rate_ci_high": t.get("toxic_rate_ci_high"),
                      "perplexity": float(g["perplexity"]),
                      "mc_acc": float(m["mc_acc"]) if not mc.empty else np.nan,
@@ -226,8 +245,8 @@ def _frontier_plot(table: pd.DataFrame, model: str, out: Path) -> Optional[Path]
             r, st = pts.iloc[i], style.iloc[i]
             h = ax.scatter([r[x]], [r["toxic_rate"]], s=size[i], marker=st["marker"], alpha=0.85, linewidths=1.5,
                            edgecolors=st["color"], zorder=3 if r["method"] == "none" else 2,
-                           facecolors="none" if st["hollow"] else st["color"], label=str(r["label"]))
-            handles.setdefault(str(r["label"]), h)
+                           facecolors="none" if st["hollow"] else st["color"], label=str(r["shown"]))
+            handles.setdefault(str(r["shown"]), h)
         if not none.empty:
             ax.axhline(float(none["toxic_rate"].iloc[0]), ls="--", lw=0.8, color="k")
             if _is_number(none[x].iloc[0]) and not _missing(none[x].iloc[0]):
