@@ -472,3 +472,22 @@ def test_figures_show_a_long_label_by_its_run_dirs_tag():
     cut = _shown(long, "/x/tuning/0")  # a sweep's numbered dir names nothing: the label, cut
     assert len(cut) == LONG_LABEL and cut.endswith("…") and long.startswith(cut[:-1])
     assert _shown(long, float("nan")).endswith("…")
+
+
+def test_figures_are_palette_pngs_that_keep_the_picture():
+    import io
+
+    from PIL import Image
+
+    from benchmarks.report.figures import palette_png
+
+    rgb = Image.new("RGB", (40, 20), (255, 255, 255))
+    for x in range(10, 30):
+        for y in range(5, 15):
+            rgb.putpixel((x, y), (31, 119, 180))  # matplotlib's C0 bar on white
+    raw = io.BytesIO()
+    rgb.save(raw, format="png")
+    out = palette_png(raw.getvalue())
+    back = Image.open(io.BytesIO(out))
+    assert back.mode == "P" and back.convert("RGB").tobytes() == rgb.tobytes()  # two colours: exact
+    assert palette_png(raw.getvalue()) == out  # deterministic

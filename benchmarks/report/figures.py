@@ -29,11 +29,23 @@ def _figure(width: float, height: float = 4.5):
     return Figure(figsize=(width, height))  # Agg canvas on save, no pyplot state
 
 
+def palette_png(data: bytes) -> bytes:
+    """A PNG re-encoded with an adaptive 256-colour palette: a plot has few colours, so it looks the
+    same at about a third of the bytes (the published figures count against a size budget).
+    Deterministic: the same image gives the same bytes."""
+    from PIL import Image  # a matplotlib dependency
+
+    image = Image.open(io.BytesIO(data)).convert("RGB").quantize(colors=256)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
 def _save(fig, path: Path, rect: Optional[Tuple[float, float, float, float]] = None) -> Path:
     buf = io.BytesIO()
     fig.tight_layout(rect=rect)  # rect: the area the panels fill, e.g. to leave room for a legend
     fig.savefig(buf, format="png", dpi=120)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, palette_png(buf.getvalue()))
     return path
 
 
@@ -48,6 +60,7 @@ def _yerr(sub: pd.DataFrame, metric: str) -> np.ndarray:
     return np.nan_to_num(np.vstack([y - lo, hi - y]).clip(min=0), nan=0.0)
 
 
+MANY_BARS = 30  # bars in one chart beyond which tick labels stand upright
 LONG_LABEL = 40  # characters: a longer label (a run with overrides) is shown by its run dir's name
 
 
@@ -133,13 +146,14 @@ def _bar_plot(sub: pd.DataFrame, benchmark: str, metrics: List[str], out: Path, 
     labels = _tick_labels(sub)
     x = np.arange(len(sub))
     width = 0.8 / len(metrics)
-    fig = _figure(max(5.0, 0.9 * len(sub) * len(metrics) + 2))
+    many = len(sub) * len(metrics) > MANY_BARS  # upright labels, narrower bars: the figure stays readable and small
+    fig = _figure(max(5.0, (0.4 if many else 0.9) * len(sub) * len(metrics) + 2), 6.0 if many else 4.5)
     ax = fig.add_subplot()
     for k, m in enumerate(metrics):
         ax.bar(x + (k - (len(metrics) - 1) / 2) * width, sub[m].astype(float), width, yerr=_yerr(sub, m),
-               capsize=3, label=m)
+               capsize=2 if many else 3, label=m)
     ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(labels, rotation=90 if many else 30, ha="center" if many else "right", fontsize=8)
     ax.set_ylabel(" / ".join(metrics) + " (95% CI)")
     ax.set_title(f"{benchmark}: {', '.join(metrics)} per run", fontsize=10)
     if len(metrics) > 1:
