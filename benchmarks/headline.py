@@ -91,8 +91,9 @@ def headline_table(report: pd.DataFrame, rows: Sequence[str], source: str = "rep
     if unknown:
         raise ValueError(f"{source}: unknown column(s) {unknown}; columns: {[c.title for c in COLUMNS]}")
     views = _views(report)
-    shown = [row.split(" => ", 1)[1].strip() if " => " in row else row for row in rows]
-    rows = [row.split(" => ", 1)[0].strip() for row in rows]
+    parts = [row.partition(" => ") for row in rows]  # LABEL => NAME, or LABEL alone
+    rows = [label.strip() for label, _, _ in parts]
+    shown = [(name or label).strip() for label, _, name in parts]
     missing = [label for label in rows if label not in set(report["label"])]
     if missing:
         raise ValueError(f"{source}: no runs labelled {missing}; labels there: {sorted(set(report['label']))}")
